@@ -1,0 +1,5 @@
+//! The async driver that runs the connection machine against a real TLS socket and real timers.
+
+pub mod handle;
+
+pub use handle::{Command, DriverEnds, SessionEvent, SessionHandle, SessionStatus, SessionStopped, TransitionRecord};
