@@ -1,0 +1,55 @@
+//! Micro benchmarks of the per-tick hot path: decoding a framed `ProtoOASpotEvent` from the TCP
+//! byte stream. Run with `cargo bench --bench protocol`.
+
+use std::hint::black_box;
+
+use bytes::BytesMut;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use tickgate::protocol::pb;
+use tickgate::protocol::{FrameCodec, Message};
+use tokio_util::codec::{Decoder, Encoder};
+
+/// A spot event as cTrader sends it with `subscribeToSpotTimestamp`: both sides and a timestamp.
+fn spot_event() -> pb::ProtoOaSpotEvent {
+    pb::ProtoOaSpotEvent {
+        payload_type: Some(pb::ProtoOaPayloadType::ProtoOaSpotEvent as i32),
+        ctid_trader_account_id: 44_000_123,
+        symbol_id: 1,
+        bid: Some(108_567),
+        ask: Some(108_573),
+        timestamp: Some(1_733_340_000_123),
+        ..Default::default()
+    }
+}
+
+/// Returns the event as it arrives on the socket: length prefix plus `ProtoMessage` envelope.
+fn framed_spot_event() -> BytesMut {
+    let mut bytes = BytesMut::new();
+    FrameCodec::default()
+        .encode(Message::SpotEvent(spot_event()).encode(None), &mut bytes)
+        .expect("a spot event fits in a frame");
+    bytes
+}
+
+fn decode_spot_event(codec: &mut FrameCodec, bytes: &mut BytesMut) -> Message {
+    let frame = codec.decode(bytes).expect("valid frame").expect("whole frame");
+    Message::decode(&frame).expect("valid spot event")
+}
+
+fn bench_decode(c: &mut Criterion) {
+    let framed = framed_spot_event();
+    let mut codec = FrameCodec::default();
+    assert!(matches!(decode_spot_event(&mut codec, &mut framed.clone()), Message::SpotEvent(_)));
+
+    // The copy of the input buffer is made in the setup closure, outside the timed part.
+    c.bench_function("spot_event_decode", |b| {
+        b.iter_batched(
+            || framed.clone(),
+            |mut bytes| black_box(decode_spot_event(&mut codec, &mut bytes)),
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, bench_decode);
+criterion_main!(benches);

@@ -1,0 +1,300 @@
+//! Detection timings: how long the gateway takes to notice a fault that the simulator injects,
+//! as one WebSocket client sees it in the gateway's status frames.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tracing::info;
+
+use super::clients;
+use super::wire::{self, Frame};
+use crate::simulator::{Fault, SimulatorHandle};
+
+/// Extra time, beyond a fault's threshold, that the monitor waits for the expected status.
+const DETECTION_SLACK: Duration = Duration::from_secs(10);
+
+/// Time the feed gets to come back after a fault is lifted.
+const RECOVERY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Interval at which the simulator's connection count is read while waiting for a reconnect.
+const STATS_POLL_INTERVAL: Duration = Duration::from_millis(2);
+
+/// Capacity of the queue between the monitor's socket reader and the detection logic.
+const EVENT_QUEUE: usize = 65_536;
+
+/// The thresholds the gateway was started with.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Thresholds {
+    pub stale_after_ms: u64,
+    pub liveness_timeout_ms: u64,
+    pub backoff_base_ms: u64,
+}
+
+/// Timings of one detection round, in milliseconds.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DetectionRound {
+    /// `stall_ticks` injected → `stale` status received.
+    pub stall_to_stale_ms: f64,
+    /// Last tick received → `stale` status, minus the stale threshold.
+    pub stale_beyond_threshold_ms: f64,
+    /// `silence` injected → `reconnecting` status received.
+    pub silence_to_reconnecting_ms: f64,
+    /// Last tick received → `reconnecting` status, minus the liveness timeout.
+    pub silence_beyond_threshold_ms: f64,
+    /// `drop` injected → `reconnecting` status received; `None` when the gateway went straight to
+    /// `connecting`.
+    pub drop_to_reconnecting_ms: Option<f64>,
+    /// `drop` injected → `connecting` status received: the first reconnect attempt.
+    pub drop_to_connecting_ms: f64,
+    /// `drop` injected → the simulator counted a new connection.
+    pub drop_to_simulator_connection_ms: f64,
+}
+
+enum MonitorEvent {
+    Tick { at: Instant },
+    Status { at: Instant, status: String },
+    Ended { error: String },
+}
+
+/// One WebSocket client that reports every tick and status frame with its receive time.
+pub struct Monitor {
+    events: mpsc::Receiver<MonitorEvent>,
+    reader: JoinHandle<()>,
+    status: Option<String>,
+    last_tick: Option<Instant>,
+}
+
+impl Monitor {
+    /// Connects to the gateway and subscribes to `symbol`.
+    pub async fn connect(url: &str, symbol: &str) -> anyhow::Result<Monitor> {
+        let mut ws = clients::connect(url, None).await?;
+        ws.send(Message::text(wire::subscribe_request(&[symbol.to_string()])))
+            .await
+            .context("monitor cannot send its subscribe request")?;
+
+        let (tx, events) = mpsc::channel(EVENT_QUEUE);
+        let reader = tokio::spawn(async move {
+            while let Some(message) = ws.next().await {
+                let at = Instant::now();
+                let text = match message {
+                    Ok(Message::Text(text)) => text,
+                    Ok(Message::Close(frame)) => {
+                        let _ = tx.send(MonitorEvent::Ended { error: format!("gateway closed the monitor: {frame:?}") }).await;
+                        return;
+                    }
+                    Ok(_) => continue,
+                    Err(error) => {
+                        let _ = tx.send(MonitorEvent::Ended { error: error.to_string() }).await;
+                        return;
+                    }
+                };
+                for line in text.split('\n').filter(|line| !line.trim().is_empty()) {
+                    let event = match wire::parse_frame(line) {
+                        Ok(Frame::Tick { .. }) => MonitorEvent::Tick { at },
+                        Ok(Frame::Status { status }) => MonitorEvent::Status { at, status },
+                        Ok(Frame::Other) | Err(_) => continue,
+                    };
+                    if tx.send(event).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            let _ = tx.send(MonitorEvent::Ended { error: "connection ended".into() }).await;
+        });
+
+        Ok(Monitor { events, reader, status: None, last_tick: None })
+    }
+
+    /// Waits for the next event, or fails when the deadline passes or the connection ends.
+    async fn next_event(&mut self, deadline: Instant, waiting_for: &str) -> anyhow::Result<MonitorEvent> {
+        match tokio::time::timeout_at(deadline.into(), self.events.recv()).await {
+            Ok(Some(MonitorEvent::Ended { error })) => bail!("monitor connection ended while waiting for {waiting_for}: {error}"),
+            Ok(Some(event)) => {
+                match &event {
+                    MonitorEvent::Tick { at } => self.last_tick = Some(*at),
+                    MonitorEvent::Status { status, .. } => self.status = Some(status.clone()),
+                    MonitorEvent::Ended { .. } => {}
+                }
+                Ok(event)
+            }
+            Ok(None) => bail!("monitor connection ended while waiting for {waiting_for}"),
+            Err(_) => bail!(
+                "timed out waiting for {waiting_for}; last status seen: {}",
+                self.status.as_deref().unwrap_or("none")
+            ),
+        }
+    }
+
+    /// Waits for a status frame with `wanted`; returns its receive time.
+    async fn wait_status(&mut self, wanted: &str, timeout: Duration) -> anyhow::Result<Instant> {
+        let deadline = Instant::now() + timeout;
+        let waiting_for = format!("status {wanted:?}");
+        loop {
+            if let MonitorEvent::Status { at, status } = self.next_event(deadline, &waiting_for).await? {
+                if status == wanted {
+                    return Ok(at);
+                }
+            }
+        }
+    }
+
+    /// Waits until the status is `connected` and a tick has arrived after that.
+    async fn wait_flowing(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let event = self.next_event(deadline, "status \"connected\" and a tick").await?;
+            if matches!(event, MonitorEvent::Tick { .. }) && self.status.as_deref() == Some("connected") {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Takes every event already queued, so `last_tick` is current.
+    fn catch_up(&mut self) {
+        while let Ok(event) = self.events.try_recv() {
+            match event {
+                MonitorEvent::Tick { at } => self.last_tick = Some(at),
+                MonitorEvent::Status { status, .. } => self.status = Some(status),
+                MonitorEvent::Ended { .. } => {}
+            }
+        }
+    }
+
+    fn last_tick(&self) -> anyhow::Result<Instant> {
+        self.last_tick.context("the monitor has received no tick")
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Runs `rounds` rounds of stall, silence and drop against the gateway that `url` serves.
+pub async fn run_detection(
+    url: &str,
+    symbol: &str,
+    simulator: &SimulatorHandle,
+    thresholds: Thresholds,
+    rounds: u32,
+) -> anyhow::Result<Vec<DetectionRound>> {
+    let mut monitor = Monitor::connect(url, symbol).await?;
+    monitor.wait_flowing(RECOVERY_TIMEOUT).await.context("the feed did not start for the monitor")?;
+
+    let mut results = Vec::new();
+    for round in 1..=rounds {
+        let mut result = DetectionRound::default();
+        measure_stall(&mut monitor, simulator, thresholds, &mut result).await.context("stall_ticks")?;
+        measure_silence(&mut monitor, simulator, thresholds, &mut result).await.context("silence")?;
+        measure_drop(&mut monitor, simulator, thresholds, &mut result).await.context("drop")?;
+        info!(round, ?result, "detection round done");
+        results.push(result);
+    }
+    Ok(results)
+}
+
+async fn measure_stall(
+    monitor: &mut Monitor,
+    simulator: &SimulatorHandle,
+    thresholds: Thresholds,
+    result: &mut DetectionRound,
+) -> anyhow::Result<()> {
+    monitor.catch_up();
+    let injected = Instant::now();
+    simulator.inject(Fault::StallTicks);
+
+    let threshold = Duration::from_millis(thresholds.stale_after_ms);
+    let stale_at = monitor.wait_status("stale", threshold + DETECTION_SLACK).await?;
+    result.stall_to_stale_ms = millis(stale_at - injected);
+    result.stale_beyond_threshold_ms = millis_signed(stale_at, monitor.last_tick()?) - millis(threshold);
+
+    simulator.inject(Fault::Resume);
+    monitor.wait_flowing(RECOVERY_TIMEOUT).await.context("ticks did not resume")
+}
+
+async fn measure_silence(
+    monitor: &mut Monitor,
+    simulator: &SimulatorHandle,
+    thresholds: Thresholds,
+    result: &mut DetectionRound,
+) -> anyhow::Result<()> {
+    monitor.catch_up();
+    let injected = Instant::now();
+    simulator.inject(Fault::Silence);
+
+    // The stale status comes first when the stale threshold is the shorter one; the liveness
+    // timeout then ends the connection and the gateway reports `reconnecting`.
+    let threshold = Duration::from_millis(thresholds.liveness_timeout_ms);
+    let detected_at = monitor.wait_status("reconnecting", threshold + DETECTION_SLACK).await?;
+    result.silence_to_reconnecting_ms = millis(detected_at - injected);
+    result.silence_beyond_threshold_ms = millis_signed(detected_at, monitor.last_tick()?) - millis(threshold);
+
+    simulator.inject(Fault::Resume);
+    monitor.wait_flowing(RECOVERY_TIMEOUT).await.context("the feed did not come back")
+}
+
+async fn measure_drop(
+    monitor: &mut Monitor,
+    simulator: &SimulatorHandle,
+    thresholds: Thresholds,
+    result: &mut DetectionRound,
+) -> anyhow::Result<()> {
+    monitor.catch_up();
+    let connections_before = simulator.stats().connections_total;
+    let injected = Instant::now();
+    simulator.inject(Fault::Drop);
+
+    // The simulator's own count of connections shows when the reconnect reached it.
+    let wait_limit = Duration::from_millis(thresholds.backoff_base_ms) * 2 + DETECTION_SLACK;
+    let simulator_saw = async {
+        let deadline = injected + wait_limit;
+        while Instant::now() < deadline {
+            if simulator.stats().connections_total > connections_before {
+                return Some(Instant::now());
+            }
+            tokio::time::sleep(STATS_POLL_INTERVAL).await;
+        }
+        None
+    };
+
+    let statuses = async {
+        let deadline = injected + wait_limit;
+        let mut reconnecting_at = None;
+        loop {
+            if let MonitorEvent::Status { at, status } = monitor.next_event(deadline, "status \"connecting\"").await? {
+                match status.as_str() {
+                    "reconnecting" if reconnecting_at.is_none() => reconnecting_at = Some(at),
+                    "connecting" => return anyhow::Ok((reconnecting_at, at)),
+                    _ => {}
+                }
+            }
+        }
+    };
+
+    let (statuses, simulator_saw) = tokio::join!(statuses, simulator_saw);
+    let (reconnecting_at, connecting_at) = statuses?;
+    let simulator_saw = simulator_saw.context("the simulator saw no new connection after the drop")?;
+    result.drop_to_reconnecting_ms = reconnecting_at.map(|at| millis(at - injected));
+    result.drop_to_connecting_ms = millis(connecting_at - injected);
+    result.drop_to_simulator_connection_ms = millis(simulator_saw - injected);
+
+    monitor.wait_flowing(RECOVERY_TIMEOUT).await.context("the feed did not come back")
+}
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+/// Returns `later - earlier` in milliseconds, negative when `later` is the earlier one.
+fn millis_signed(later: Instant, earlier: Instant) -> f64 {
+    match later.checked_duration_since(earlier) {
+        Some(duration) => millis(duration),
+        None => -millis(earlier - later),
+    }
+}
