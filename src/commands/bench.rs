@@ -290,7 +290,13 @@ async fn run_against(
             }
         }
     }
-    let mut slow = SlowClients { clients: args.slow_clients, closed_4002: 0, closed_otherwise: 0, still_open: 0 };
+    let mut slow = SlowClients {
+        clients: args.slow_clients,
+        closed_4002: 0,
+        closed_otherwise: 0,
+        still_open: 0,
+        gateway_count: None,
+    };
     for task in slow_tasks {
         let end = tokio::time::timeout_at(deadline, task)
             .await
@@ -302,6 +308,17 @@ async fn run_against(
             _ => slow.closed_otherwise += 1,
         }
     }
+
+    let metrics = match gateway.fetch_metrics().await {
+        Ok(metrics) => metrics,
+        Err(error) => {
+            warn!(error = %error, "cannot read the gateway's metrics");
+            Default::default()
+        }
+    };
+    let counter = |name: &str| metrics.get(name).map(|value| *value as u64);
+    slow.gateway_count = counter("tickgate_slow_client_disconnects_total");
+    let hub_lagged_events = counter("tickgate_hub_lagged_events_total");
 
     // 5. Fault detection, with one client watching the status frames.
     let thresholds = Thresholds {
@@ -348,6 +365,7 @@ async fn run_against(
             invalid_frames,
             fast_clients_lost: fast_lost,
             fast_clients_closed_4002: fast_closed_slow,
+            hub_lagged_events,
             latency_us: Percentiles::from_histogram(&latency),
             latency_resolution_us: TIMESTAMP_RESOLUTION_US,
         },

@@ -1,14 +1,18 @@
 //! The gateway under test: a `tickgate serve` child process, and the CPU time and memory that
 //! Linux accounts to it in `/proc`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tracing::{debug, info};
+
+use super::clients;
 
 use std::net::SocketAddr;
 
@@ -18,6 +22,12 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Most stdout lines read while looking for the URLs; `serve` prints three.
 const MAX_STARTUP_LINES: usize = 100;
+
+/// Time `GET /metrics` may take.
+const METRICS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Largest `GET /metrics` response read.
+const MAX_METRICS_BYTES: u64 = 1 << 20;
 
 /// Environment variables of the bench process that would change what the child connects to or
 /// whom it lets in. The child gets its connection settings from [`GatewayOptions`] only.
@@ -171,6 +181,28 @@ impl Gateway {
         }
     }
 
+    /// Fetches `GET /metrics` and returns every unlabelled sample as name → value.
+    pub async fn fetch_metrics(&self) -> anyhow::Result<BTreeMap<String, f64>> {
+        let addr = clients::loopback_addr(&self.ws_url)?;
+        let exchange = async {
+            let mut stream = TcpStream::connect(addr).await?;
+            let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+            stream.write_all(request.as_bytes()).await?;
+            let mut response = Vec::new();
+            (&mut stream).take(MAX_METRICS_BYTES).read_to_end(&mut response).await?;
+            anyhow::Ok(String::from_utf8_lossy(&response).into_owned())
+        };
+        let response = tokio::time::timeout(METRICS_TIMEOUT, exchange)
+            .await
+            .context("GET /metrics timed out")?
+            .context("GET /metrics failed")?;
+        let (head, body) = response.split_once("\r\n\r\n").context("GET /metrics returned no HTTP body")?;
+        if !head.starts_with("HTTP/1.1 200") {
+            bail!("GET /metrics returned {:?}", head.lines().next().unwrap_or(""));
+        }
+        Ok(parse_metrics(body))
+    }
+
     /// Reads the gateway's CPU time and memory from `/proc`.
     pub fn sample(&self) -> anyhow::Result<ProcessSample> {
         let stat_path = format!("/proc/{}/stat", self.pid);
@@ -201,6 +233,17 @@ impl Gateway {
             Err(_) => debug!(pid = self.pid, "gateway did not exit within 5 s of SIGKILL"),
         }
     }
+}
+
+/// Returns the unlabelled samples of a Prometheus text exposition.
+fn parse_metrics(body: &str) -> BTreeMap<String, f64> {
+    body.lines()
+        .filter(|line| !line.starts_with('#') && !line.contains('{'))
+        .filter_map(|line| {
+            let (name, value) = line.split_once(' ')?;
+            Some((name.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
 }
 
 /// Returns utime + stime, in clock ticks, from the text of `/proc/PID/stat`.
@@ -268,6 +311,16 @@ mod tests {
         assert_eq!(parse_status_kib(status, "VmRSS"), Some(12288));
         assert_eq!(parse_status_kib(status, "VmHWM"), Some(20480));
         assert_eq!(parse_status_kib(status, "VmSwap"), None);
+    }
+
+    #[test]
+    fn metrics_keep_unlabelled_samples() {
+        let body = "# HELP tickgate_clients WebSocket clients.\n# TYPE tickgate_clients gauge\ntickgate_clients 3\n\
+                    tickgate_state{state=\"Streaming\"} 1\ntickgate_slow_client_disconnects_total 2\n";
+        let metrics = parse_metrics(body);
+        assert_eq!(metrics.get("tickgate_clients"), Some(&3.0));
+        assert_eq!(metrics.get("tickgate_slow_client_disconnects_total"), Some(&2.0));
+        assert_eq!(metrics.len(), 2);
     }
 
     #[test]

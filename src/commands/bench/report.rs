@@ -68,6 +68,9 @@ pub struct Load {
     pub fast_clients_lost: usize,
     /// Fast clients the gateway closed as slow (4002).
     pub fast_clients_closed_4002: usize,
+    /// Session events the gateway's fan-out hub lost by falling behind, from its `/metrics`;
+    /// `None` when the metrics could not be read.
+    pub hub_lagged_events: Option<u64>,
     pub latency_us: Percentiles,
     /// Resolution of the tick `timestamp` that latency is measured from, in microseconds. The
     /// simulator's timestamp is whole milliseconds, so each sample is up to this much above the
@@ -128,6 +131,8 @@ pub struct SlowClients {
     pub closed_otherwise: usize,
     /// Slow clients still open at the end of the run.
     pub still_open: usize,
+    /// The gateway's own count of 4002 closes, from its `/metrics`; `None` when unreadable.
+    pub gateway_count: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -166,9 +171,17 @@ impl BenchReport {
             ("gateway RSS per idle client", format!("{:.1} KiB", g.rss_per_idle_client_kib)),
             ("gateway RSS under load", format!("{} KiB (peak {} KiB)", g.rss_under_load_kib, g.rss_peak_kib)),
             ("fast clients lost / closed 4002", format!("{} / {}", l.fast_clients_lost, l.fast_clients_closed_4002)),
+            ("hub lagged events", l.hub_lagged_events.map_or("unknown".into(), |n| n.to_string())),
             (
                 "slow clients closed 4002",
-                format!("{} of {} ({} otherwise, {} still open)", self.slow_clients.closed_4002, self.slow_clients.clients, self.slow_clients.closed_otherwise, self.slow_clients.still_open),
+                format!(
+                    "{} of {} ({} otherwise, {} still open; gateway counted {})",
+                    self.slow_clients.closed_4002,
+                    self.slow_clients.clients,
+                    self.slow_clients.closed_otherwise,
+                    self.slow_clients.still_open,
+                    self.slow_clients.gateway_count.map_or("unknown".into(), |n| n.to_string())
+                ),
             ),
         ];
         for (name, value) in rows {
