@@ -343,7 +343,7 @@ fn truncated_frame_waits_for_more(messages: Vec<AnyMessage>, cut: usize) -> Test
     let mut codec = FrameCodec::default();
     let mut buffer = BytesMut::from(&wire[..cut]);
     let mut complete = 0;
-    while let Some(_) = codec.decode(&mut buffer).expect("a prefix of valid frames is not an error") {
+    while codec.decode(&mut buffer).expect("a prefix of valid frames is not an error").is_some() {
         complete += 1;
     }
     TestResult::from_bool(complete < messages.len())

@@ -109,7 +109,14 @@ struct Connection {
 }
 
 /// Serves one TLS connection until it closes, then releases its sessions and subscriptions.
-pub(crate) async fn serve(shared: Arc<Shared>, stream: TlsStream<TcpStream>, peer: SocketAddr, id: u64, shutdown: watch::Receiver<bool>) {
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    stream: TlsStream<TcpStream>,
+    peer: SocketAddr,
+    id: u64,
+    faults: broadcast::Receiver<ConnectionFault>,
+    shutdown: watch::Receiver<bool>,
+) {
     let config = &shared.config;
     let mut connection = Connection {
         id,
@@ -125,7 +132,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TlsStream<TcpStream>, pee
         shared: shared.clone(),
     };
 
-    let close = connection.run(shutdown).await;
+    let close = connection.run(faults, shutdown).await;
     connection.end_session();
     connection.unsubscribe_all();
 
@@ -147,9 +154,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TlsStream<TcpStream>, pee
 }
 
 impl Connection {
-    async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> Close {
+    async fn run(&mut self, mut faults: broadcast::Receiver<ConnectionFault>, mut shutdown: watch::Receiver<bool>) -> Close {
         let config = self.shared.config.clone();
-        let mut faults = self.shared.faults.connections.subscribe();
         let mut silence = self.shared.faults.silence.subscribe();
         let mut quotes = self.shared.market.subscribe_quotes();
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + config.heartbeat_interval, config.heartbeat_interval);

@@ -59,6 +59,10 @@ async fn handle(shared: Arc<Shared>, acceptor: TlsAcceptor, tcp: TcpStream, peer
         return;
     }
 
+    // Subscribe before the handshake: a client may see its handshake finish before the server
+    // does, and a fault injected in that gap must still reach this connection.
+    let faults = shared.faults.connections.subscribe();
+
     // silence: the handshake waits until resume, because nothing may be read or written.
     let mut silence = shared.faults.silence.subscribe();
     while *silence.borrow_and_update() {
@@ -82,5 +86,5 @@ async fn handle(shared: Arc<Shared>, acceptor: TlsAcceptor, tcp: TcpStream, peer
     info!(connection = id, %peer, "tls handshake complete");
 
     shared.connection_opened();
-    connection::serve(shared, stream, peer, id, shutdown).await;
+    connection::serve(shared, stream, peer, id, faults, shutdown).await;
 }

@@ -82,7 +82,6 @@ impl SymbolSpec {
             swap_rollover3_days: Some(pb::ProtoOaDayOfWeek::Wednesday as i32),
             swap_long: Some(-6.5),
             swap_short: Some(1.2),
-            ..Default::default()
         }
     }
 }
