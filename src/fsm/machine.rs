@@ -121,10 +121,39 @@ impl Machine {
     pub fn subscriptions(&self) -> usize {
         self.inner.inner().subscriptions
     }
+
+    /// Returns everything that decides how the machine reacts to inputs, except times and
+    /// counts: two machines with the same shape take the same transitions.
+    pub(crate) fn shape(&self) -> Shape {
+        let connection = self.inner.inner();
+        let phase = match self.inner.state() {
+            State::Authenticating { phase } => Some(*phase),
+            _ => None,
+        };
+        Shape {
+            state: self.state(),
+            phase,
+            armed: Timer::ALL.map(|timer| connection.timers.is_armed(timer)),
+            subscribed: connection.subscriptions > 0,
+            stale_reconnect_spent: connection.stale_reconnect_spent,
+            token_refresh_spent: connection.token_refresh_spent,
+        }
+    }
+}
+
+/// See [`Machine::shape`]; the diagram explorer visits each shape once.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Shape {
+    state: StateName,
+    phase: Option<AuthPhase>,
+    armed: [bool; 5],
+    subscribed: bool,
+    stale_reconnect_spent: bool,
+    token_refresh_spent: bool,
 }
 
 /// Where Authenticating stands in the auth sequence: the response it awaits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum AuthPhase {
     AwaitingApplication,
     AwaitingAccount,
