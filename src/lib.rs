@@ -4,6 +4,7 @@
 //! Data flows one way: simulator or cTrader → [`protocol`] → [`session`] (driving [`fsm`]) →
 //! [`gateway`] → clients.
 
+pub mod commands;
 pub mod fsm;
 pub mod gateway;
 pub mod protocol;
