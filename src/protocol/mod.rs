@@ -1,5 +1,6 @@
 //! The cTrader Open API wire protocol: framing, typed messages, prices.
 
+pub mod correlation;
 pub mod price;
 pub mod tick;
 
