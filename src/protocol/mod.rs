@@ -1,6 +1,7 @@
 //! The cTrader Open API wire protocol: framing, typed messages, prices.
 
 pub mod codec;
+pub mod correlation;
 pub mod error;
 pub mod message;
 pub mod price;
