@@ -1,6 +1,8 @@
-//! The `tickgate` subcommands. Each module has a clap `Args` struct and a `run` function.
+//! Subcommands of the `tickgate` binary, each with its clap arguments and a `run` function.
 
 pub mod bench;
+pub mod diagram;
+pub mod replay;
 
 /// A configuration error found at start: the process prints it and exits with code 2.
 #[derive(Debug, thiserror::Error)]
