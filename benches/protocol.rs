@@ -1,12 +1,14 @@
 //! Micro benchmarks of the per-tick hot path: decoding a framed `ProtoOASpotEvent` from the TCP
-//! byte stream. Run with `cargo bench --bench protocol`.
+//! byte stream and merging it into a quote. Run with `cargo bench --bench protocol`.
 
 use std::hint::black_box;
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use tickgate::protocol::pb;
 use tickgate::protocol::{FrameCodec, Message};
+use tickgate::session::spot::{SpotBook, SpotUpdate};
 use tokio_util::codec::{Decoder, Encoder};
 
 /// A spot event as cTrader sends it with `subscribeToSpotTimestamp`: both sides and a timestamp.
@@ -51,5 +53,45 @@ fn bench_decode(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_decode);
+/// One-sided and two-sided updates in turn, as cTrader sends only the side that changed.
+const UPDATES: [(Option<u64>, Option<u64>); 4] =
+    [(Some(108_567), Some(108_573)), (Some(108_568), None), (None, Some(108_575)), (Some(108_566), Some(108_572))];
+
+fn update(index: usize) -> SpotUpdate {
+    let (bid, ask) = UPDATES[index % UPDATES.len()];
+    SpotUpdate { symbol_id: 1, bid, ask, timestamp_ms: Some(1_733_340_000_123) }
+}
+
+fn bench_merge(c: &mut Criterion) {
+    let symbol: Arc<str> = Arc::from("EURUSD");
+    let mut book = SpotBook::new();
+    book.apply(update(0), &symbol, 5, 0).expect("a two-sided update makes a tick");
+
+    let mut index = 0;
+    c.bench_function("spot_merge", |b| {
+        b.iter(|| {
+            index += 1;
+            black_box(book.apply(update(index), &symbol, 5, 1_733_340_000_124))
+        })
+    });
+
+    // The driver's path per spot event: frame, envelope, typed message, then the merge.
+    let framed = framed_spot_event();
+    let mut codec = FrameCodec::default();
+    c.bench_function("spot_decode_merge", |b| {
+        b.iter_batched(
+            || framed.clone(),
+            |mut bytes| {
+                let Message::SpotEvent(event) = decode_spot_event(&mut codec, &mut bytes) else {
+                    unreachable!("the input is a spot event")
+                };
+                let update = SpotUpdate { symbol_id: event.symbol_id, bid: event.bid, ask: event.ask, timestamp_ms: event.timestamp };
+                black_box(book.apply(update, &symbol, 5, 1_733_340_000_124))
+            },
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, bench_decode, bench_merge);
 criterion_main!(benches);
