@@ -10,3 +10,4 @@ pub mod gateway;
 pub mod protocol;
 pub mod session;
 pub mod simulator;
+pub mod logging;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::fsm;
-use crate::session::transport::{DEMO_HOST, LIVE_HOST, PROTOBUF_PORT};
+use crate::session::transport::{DEMO_HOST, LIVE_HOST, OPEN_API_PORT};
 
 /// Where to connect and as whom.
 #[derive(Args, Clone, Debug)]
@@ -17,7 +17,7 @@ pub struct ConnectionArgs {
     pub host: Option<String>,
 
     /// cTrader Open API port (protobuf over TLS).
-    #[arg(long, env = "CTRADER_PORT", default_value_t = PROTOBUF_PORT)]
+    #[arg(long, env = "CTRADER_PORT", default_value_t = OPEN_API_PORT)]
     pub port: u16,
 
     /// Connect to the official demo host.

@@ -3,6 +3,8 @@
 pub mod bench;
 pub mod diagram;
 pub mod replay;
+pub mod connection;
+pub mod history;
 
 /// A configuration error found at start: the process prints it and exits with code 2.
 #[derive(Debug, thiserror::Error)]
