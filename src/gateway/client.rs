@@ -9,7 +9,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
-use tracing::{debug, info, trace};
+use tracing::{debug, trace};
 
 use super::hub::{self, ClientId, Eviction, HubRequest, Outbound};
 use super::protocol::{self, ClientError, ClientRequest, ErrorCode};
@@ -213,9 +213,6 @@ impl Connection {
     }
 
     async fn close(&mut self, code: u16, reason: String) {
-        if code == hub::CLOSE_SLOW_CLIENT {
-            info!(client = self.id, code, "slow client closed");
-        }
         close_sink(&mut self.sink, code, reason, self.state.config.close_timeout).await;
     }
 }
