@@ -46,7 +46,7 @@ impl Gateway {
         let task = tokio::spawn(serve(listener, handle, config, async move {
             let _ = stop_rx.await;
         }));
-        // An HTTP answer means `serve` has run its setup, so the hub is reading events.
+        // An HTTP response means `serve` has run its setup, so the hub is reading events.
         let (code, _, _) = http(addr, "GET", "/style.css", &[]).await;
         assert_eq!(code, 200);
         Gateway { addr, ends, stop: Some(stop_tx), task }
@@ -359,7 +359,7 @@ async fn subscriptions_are_coalesced_upstream() {
     second.close(None).await.unwrap();
     wait_for_clients(gateway.addr, 2).await;
     // The hub handles requests in order, so the GBPUSD subscribe below comes after the
-    // disconnect; the next command being that subscribe proves the disconnect sent nothing.
+    // disconnect. If the next command is that subscribe, the disconnect sent nothing upstream.
     subscribe(&mut clients[0], &["GBPUSD"]).await;
     assert!(matches!(gateway.next_command().await, Command::Subscribe(symbols) if symbols == ["GBPUSD"]));
 
@@ -495,7 +495,7 @@ async fn bad_input_gets_error_and_client_stays() {
         assert_eq!(error["symbol"], symbol, "for {message}: {error}");
     }
 
-    // A binary frame is answered, not dropped.
+    // A binary frame gets an error frame, not silence.
     client.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
     let error = frame_of_type(&mut client, "error").await;
     assert_eq!(error["code"], "INVALID_MESSAGE");
@@ -876,7 +876,7 @@ async fn dashboard_served_at_root() {
     assert_eq!(code, 200);
     assert!(head.to_ascii_lowercase().contains("content-type: text/css"), "{head}");
 
-    // A plain GET on /ws is told to upgrade; a WebSocket on / works like /ws.
+    // A plain GET on /ws gets 426 Upgrade Required, and a WebSocket on / works like /ws.
     let (code, _, _) = http(gateway.addr, "GET", "/ws", &[]).await;
     assert_eq!(code, 426);
     let (mut client, _) = tokio_tungstenite::connect_async(format!("ws://{}/", gateway.addr)).await.unwrap();

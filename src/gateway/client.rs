@@ -27,7 +27,7 @@ pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 /// The smallest client queue; the hub queues two frames at registration and needs room for them.
 const MIN_QUEUE_CAPACITY: usize = 4;
 
-/// Why the client loop stopped.
+/// The end of a client loop: a close frame to send, or nothing more to send.
 enum Stop {
     /// Close with this code and reason.
     Close { code: u16, reason: String },
@@ -103,8 +103,9 @@ struct Connection {
 impl Connection {
     async fn serve(&mut self, stream: &mut SplitStream<WebSocket>) -> Stop {
         loop {
+            // Unbiased on purpose: with a steady tick stream the queue is always ready, and a
+            // fixed order would starve the client's own requests.
             let next = tokio::select! {
-                biased;
                 eviction = evicted(&mut self.evict) => Next::Evicted(eviction),
                 () = hub::stopped(&mut self.shutdown) => Next::ShuttingDown,
                 outbound = self.queue.recv() => Next::Outbound(outbound),
@@ -150,7 +151,7 @@ impl Connection {
                 );
                 return self.write_error(&error).await;
             }
-            // The WebSocket layer answers pings itself; a close is followed by the end of the stream.
+            // The WebSocket layer replies to pings itself, and a close frame is followed by the end of the stream.
             Message::Ping(_) | Message::Pong(_) | Message::Close(_) => return Ok(()),
         };
 
@@ -196,7 +197,7 @@ impl Connection {
     }
 
     /// Writes one text frame, giving up when the hub evicts the client or the server shuts down
-    /// first, so a stalled peer never holds the task.
+    /// first, so a stalled peer cannot block the task.
     async fn write(&mut self, frame: Utf8Bytes) -> Result<(), Stop> {
         tokio::select! {
             biased;
@@ -242,7 +243,7 @@ async fn close_sink(sink: &mut SplitSink<WebSocket, Message>, code: u16, reason:
     }
 }
 
-/// Reads until the peer answers the close, so it sees a clean close rather than a reset.
+/// Reads until the peer replies to the close, so its side ends with a clean close, not a reset.
 async fn drain_until_closed(stream: &mut SplitStream<WebSocket>, timeout: Duration) {
     let drain = async { while let Some(Ok(_)) = stream.next().await {} };
     let _ = tokio::time::timeout(timeout, drain).await;

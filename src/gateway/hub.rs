@@ -40,7 +40,7 @@ pub(crate) enum Outbound {
     Tick { frame: Utf8Bytes, timestamp_ms: i64 },
 }
 
-/// Why the hub closed a client.
+/// The hub's order to close a client, with the close code and reason.
 #[derive(Debug)]
 pub(crate) struct Eviction {
     pub code: u16,
@@ -225,8 +225,8 @@ impl Hub {
     }
 
     fn register(&mut self, id: ClientId, queue: mpsc::Sender<Outbound>, evict: oneshot::Sender<Eviction>) {
-        // The queue is new and holds at least four frames, so these sends cannot fail for a
-        // full queue; a closed one means the client already left.
+        // The queue is new and has room for at least four frames, so these sends cannot fail
+        // for a full queue. A closed queue means the client already left.
         let _ = queue.try_send(Outbound::Frame(protocol::status_frame(&self.status)));
         if self.status.state == StateName::Streaming {
             let _ = queue.try_send(Outbound::Frame(protocol::ready_frame(&self.status.available_symbols)));
@@ -241,9 +241,9 @@ impl Hub {
         let mut first_subscribers: Vec<String> = Vec::new();
 
         for symbol in symbols {
-            // NOTE: before the first symbol list arrives the available set is empty, and every
-            // well-formed symbol is accepted; the session keeps it and reports an upstream
-            // rejection later as SubscriptionFailed.
+            // NOTE: the available set is empty until the first symbol list arrives, and until
+            // then every well-formed symbol is accepted. The session keeps it and reports an
+            // upstream rejection later as SubscriptionFailed.
             if !self.available.is_empty() && !self.available.contains(&symbol) {
                 errors.push(ClientError::for_symbol(
                     ErrorCode::SymbolNotFound,
@@ -287,7 +287,7 @@ impl Hub {
         if !first_subscribers.is_empty() {
             debug!(symbols = ?first_subscribers, "subscribing upstream");
             if self.session.subscribe(first_subscribers.clone()).await.is_err() {
-                // The driver has stopped, so nobody will deliver these ticks: undo and report.
+                // The driver has stopped and no ticks will come, so undo the subscriptions and report it.
                 for symbol in &first_subscribers {
                     self.symbols.remove(symbol.as_str());
                     client.symbols.remove(symbol.as_str());
@@ -413,7 +413,7 @@ impl Hub {
         }
     }
 
-    /// Removes a client that could not keep up and tells its task to close with 4002.
+    /// Removes a client that could not keep up and sends its task the order to close with 4002.
     async fn evict_slow(&mut self, id: ClientId) {
         let Some(mut client) = self.clients.remove(&id) else { return };
         self.metrics.slow_client_disconnects.fetch_add(1, Ordering::Relaxed);

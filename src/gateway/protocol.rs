@@ -19,7 +19,7 @@ use crate::session::{SessionStatus, TransitionRecord};
 /// Value of `symbol` on frames that concern the whole feed, as the Node backend sent it.
 pub const SYSTEM_SYMBOL: &str = "system";
 
-/// Longest symbol name accepted from a client, in bytes, after normalisation.
+/// Maximum length of a client's symbol name in bytes, after normalisation.
 pub const MAX_SYMBOL_LEN: usize = 32;
 
 /// The stable `code` of an `error` frame.
@@ -54,7 +54,7 @@ impl ErrorCode {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientError {
     pub code: ErrorCode,
-    /// What was wrong, naming the value, and how to fix it.
+    /// Description of the problem, naming the value and the fix.
     pub message: String,
     /// The symbol the error is about, when there is one.
     pub symbol: Option<String>,
