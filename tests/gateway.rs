@@ -942,3 +942,28 @@ async fn hub_lag_is_counted() {
     drop(client);
     gateway.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn oversized_transport_message_closes_1009() {
+    let config = GatewayConfig { max_message_bytes: 256, max_transport_message_bytes: 1024, ..test_config() };
+    let gateway = Gateway::start(config).await;
+    let (mut client, _) = gateway.connect().await;
+    let (mut other, _) = gateway.connect().await;
+
+    // Between the two limits: an error frame, and the client stays.
+    send_json(&mut client, &format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(600))).await;
+    assert_eq!(frame_of_type(&mut client, "error").await["code"], "MESSAGE_TOO_LARGE");
+
+    // Over the transport limit: close 1009, because the bytes are never buffered.
+    send_json(&mut client, &format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(4000))).await;
+    let (code, reason) = close_code(&mut client).await;
+    assert_eq!(code, 1009);
+    assert!(reason.contains("limit of 1024 bytes"), "{reason}");
+
+    // Other clients are unaffected.
+    send_json(&mut other, r#"{"type":"ping"}"#).await;
+    assert_eq!(frame_of_type(&mut other, "pong").await["type"], "pong");
+
+    drop(other);
+    gateway.shutdown().await.unwrap();
+}

@@ -21,6 +21,9 @@ pub const CLOSE_UNAUTHORIZED: u16 = 4001;
 /// WebSocket close code when the server shuts down ("going away", RFC 6455 section 7.4.1).
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 
+/// WebSocket close code for a message too big to process (RFC 6455 section 7.4.1).
+pub const CLOSE_MESSAGE_TOO_BIG: u16 = 1009;
+
 /// WebSocket close code when the server is at its client limit ("try again later").
 pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 
@@ -114,19 +117,38 @@ impl Connection {
 
             let result = match next {
                 Next::Evicted(eviction) => Err(Stop::Close { code: eviction.code, reason: eviction.reason }),
-                Next::ShuttingDown | Next::Outbound(None) => Err(going_away()),
+                Next::ShuttingDown => Err(going_away()),
+                // The hub dropped the queue: either it evicted this client, sending the order
+                // first, or it stopped.
+                Next::Outbound(None) => match self.evict.as_mut().map(oneshot::Receiver::try_recv) {
+                    Some(Ok(eviction)) => Err(Stop::Close { code: eviction.code, reason: eviction.reason }),
+                    _ => Err(going_away()),
+                },
                 Next::Outbound(Some(outbound)) => self.write_outbound(outbound).await,
                 Next::Incoming(Some(Ok(message))) => self.handle_message(message).await,
-                Next::Incoming(Some(Err(err))) => {
-                    debug!(client = self.id, error = %err, "client connection failed");
-                    Err(Stop::Gone)
-                }
+                Next::Incoming(Some(Err(err))) => Err(self.read_failed(&err)),
                 Next::Incoming(None) => Err(Stop::Gone),
             };
             if let Err(stop) = result {
                 return stop;
             }
         }
+    }
+
+    /// Chooses how to end after a read error. A message over the transport limit gets close
+    /// 1009 so the client learns why; other errors leave nothing to send.
+    fn read_failed(&self, err: &axum::Error) -> Stop {
+        // axum does not expose the tungstenite error type, so the capacity error is recognised
+        // by its text ("Space limit exceeded: Message too long: N > MAX" in tungstenite 0.29).
+        // If the text changes, the client is dropped without a close frame, as for other errors.
+        if err.to_string().starts_with("Space limit exceeded") {
+            debug!(client = self.id, error = %err, "client message over the transport limit");
+            let limit = self.state.config.max_transport_message_bytes;
+            let reason = format!("message over the limit of {limit} bytes; send smaller messages");
+            return Stop::Close { code: CLOSE_MESSAGE_TOO_BIG, reason };
+        }
+        debug!(client = self.id, error = %err, "client connection failed");
+        Stop::Gone
     }
 
     async fn write_outbound(&mut self, outbound: Outbound) -> Result<(), Stop> {

@@ -25,7 +25,7 @@ pub struct GatewayConfig {
     /// Largest client message, in bytes, that is parsed. Larger ones get `MESSAGE_TOO_LARGE`.
     pub max_message_bytes: usize,
     /// Largest message, in bytes, that the WebSocket layer reads at all. A client that sends a
-    /// bigger one is disconnected, because the bytes would have to be buffered first.
+    /// bigger one is closed with 1009, because the bytes would have to be buffered first.
     pub max_transport_message_bytes: usize,
     /// Maximum number of symbols one client may be subscribed to.
     pub max_subscriptions_per_client: usize,

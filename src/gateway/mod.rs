@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 
 use crate::session::SessionHandle;
 
-pub use client::{CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN_LATER, CLOSE_UNAUTHORIZED};
+pub use client::{CLOSE_GOING_AWAY, CLOSE_MESSAGE_TOO_BIG, CLOSE_TRY_AGAIN_LATER, CLOSE_UNAUTHORIZED};
 pub use config::{resolve_listen, GatewayConfig, ListenError, DEFAULT_LISTEN};
 pub use hub::CLOSE_SLOW_CLIENT;
 

@@ -499,6 +499,53 @@ mod tests {
         assert_eq!(value["code"], "UNKNOWN_TYPE");
     }
 
+    #[quickcheck_macros::quickcheck]
+    fn any_text_parses_or_gets_parse_error(text: String) -> bool {
+        match parse(&text) {
+            Ok(_) => true,
+            Err(error) => {
+                let parse_codes = [ErrorCode::InvalidJson, ErrorCode::InvalidMessage, ErrorCode::UnknownType];
+                parse_codes.contains(&error.code) && !error.message.is_empty()
+            }
+        }
+    }
+
+    #[quickcheck_macros::quickcheck]
+    fn subscribe_symbols_come_out_normalised(names: Vec<String>) -> bool {
+        let text = serde_json::json!({ "type": "subscribe", "symbols": names }).to_string();
+        match parse_client_message(&text, usize::MAX) {
+            // An empty list names no symbol, which is an error of its own.
+            Err(error) => names.is_empty() && error.code == ErrorCode::InvalidMessage,
+            Ok(ClientRequest::Subscribe { symbols, rejected }) => {
+                let normalised_again = symbols.iter().all(|symbol| normalize_symbol(symbol).as_ref() == Ok(symbol));
+                let all_rejections_name_symbol =
+                    rejected.iter().all(|error| error.code == ErrorCode::InvalidSymbol && error.symbol.is_some());
+                normalised_again && all_rejections_name_symbol && symbols.len() + rejected.len() <= names.len()
+            }
+            Ok(_) => false,
+        }
+    }
+
+    #[quickcheck_macros::quickcheck]
+    fn tick_frame_writes_price_display(bid_raw: u32, ask_raw: u32, digits: u8) -> bool {
+        let digits = digits % 6;
+        let tick = Tick {
+            symbol: Arc::from("EUR\"quoted\""),
+            bid: Price::new(u64::from(bid_raw), digits),
+            ask: Price::new(u64::from(ask_raw), digits),
+            server_time_ms: None,
+            received_at_ms: 42,
+        };
+        let frame = tick_frame(&tick);
+        let Ok(value) = serde_json::from_str::<Value>(frame.as_str()) else { return false };
+        let bid_text = format!(r#""bid":{},"#, tick.bid);
+        let ask_text = format!(r#""ask":{},"#, tick.ask);
+        frame.as_str().contains(&bid_text)
+            && frame.as_str().contains(&ask_text)
+            && value["symbol"] == "EUR\"quoted\""
+            && value["timestamp"] == 42
+    }
+
     #[test]
     fn status_frame_shows_backoff_fields() {
         let mut status = SessionStatus::initial();
