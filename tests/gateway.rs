@@ -967,3 +967,13 @@ async fn oversized_transport_message_closes_1009() {
     drop(other);
     gateway.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn serve_rejects_empty_token() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (handle, _ends) = SessionHandle::channel(16);
+    let config = GatewayConfig { client_token: Some(String::new()), ..test_config() };
+    let result = tokio::time::timeout(WAIT, serve(listener, handle, config, std::future::pending())).await;
+    let error = result.expect("serve kept running with an empty token").unwrap_err();
+    assert!(format!("{error:#}").contains("client token is empty"), "{error:#}");
+}

@@ -83,6 +83,31 @@ impl fmt::Debug for GatewayConfig {
     }
 }
 
+impl GatewayConfig {
+    /// Checks settings that would make the gateway misbehave rather than fail.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.client_token.as_deref().is_some_and(str::is_empty) {
+            return Err(ConfigError::EmptyClientToken);
+        }
+        if self.max_transport_message_bytes < self.max_message_bytes {
+            return Err(ConfigError::TransportLimitBelowMessageLimit {
+                transport: self.max_transport_message_bytes,
+                message: self.max_message_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A gateway setting that cannot work.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("client token is empty; set a non-empty --client-token or leave it unset to accept every client")]
+    EmptyClientToken,
+    #[error("max_transport_message_bytes ({transport}) is below max_message_bytes ({message}); raise it to at least {message}")]
+    TransportLimitBelowMessageLimit { transport: usize, message: usize },
+}
+
 /// A listen setting that could not be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ListenError {
@@ -140,6 +165,22 @@ mod tests {
             Err(ListenError::InvalidAddress { value: "localhost".into() })
         );
         assert_eq!(resolve_listen(None, Some("70000")), Err(ListenError::InvalidPort { value: "70000".into() }));
+    }
+
+    #[test]
+    fn config_rejects_empty_token() {
+        let config = GatewayConfig { client_token: Some(String::new()), ..GatewayConfig::default() };
+        assert_eq!(config.validate(), Err(ConfigError::EmptyClientToken));
+        assert_eq!(GatewayConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn config_rejects_transport_limit_below_message_limit() {
+        let config = GatewayConfig { max_message_bytes: 2048, max_transport_message_bytes: 1024, ..GatewayConfig::default() };
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::TransportLimitBelowMessageLimit { transport: 1024, message: 2048 })
+        );
     }
 
     #[test]

@@ -286,6 +286,8 @@ impl Hub {
 
         if !first_subscribers.is_empty() {
             debug!(symbols = ?first_subscribers, "subscribing upstream");
+            // NOTE: this waits while the session's command queue is full, and fan-out to
+            // every client pauses until the driver takes the command.
             if self.session.subscribe(first_subscribers.clone()).await.is_err() {
                 // The driver has stopped and no ticks will come, so undo the subscriptions and report it.
                 for symbol in &first_subscribers {

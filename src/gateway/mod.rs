@@ -29,7 +29,7 @@ use tracing::{debug, info, warn};
 use crate::session::SessionHandle;
 
 pub use client::{CLOSE_GOING_AWAY, CLOSE_MESSAGE_TOO_BIG, CLOSE_TRY_AGAIN_LATER, CLOSE_UNAUTHORIZED};
-pub use config::{resolve_listen, GatewayConfig, ListenError, DEFAULT_LISTEN};
+pub use config::{resolve_listen, ConfigError, GatewayConfig, ListenError, DEFAULT_LISTEN};
 pub use hub::CLOSE_SLOW_CLIENT;
 
 use hub::{Hub, HubLimits, HubRequest};
@@ -52,6 +52,8 @@ pub(crate) struct GatewayState {
 
 /// Serves WebSocket clients and the HTTP endpoints on `listener` until `shutdown` completes.
 ///
+/// Returns an error at once when `config` fails [`GatewayConfig::validate`].
+///
 /// On shutdown it stops accepting, sends close 1001 to every client, waits up to
 /// `config.shutdown_timeout` for them to finish, and returns. It does not stop the session.
 pub async fn serve(
@@ -60,6 +62,7 @@ pub async fn serve(
     config: GatewayConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    config.validate().context("invalid gateway configuration")?;
     let local_addr = listener.local_addr().context("failed to read the gateway's listen address")?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
