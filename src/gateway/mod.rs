@@ -4,8 +4,8 @@
 //!   serves the dashboard, with `/app.js` and `/style.css`.
 //! - `GET /health`, `GET /metrics`, `POST /admin/reconnect`, `GET /api/transitions`.
 //!
-//! Inside, one hub task ([`hub`]) reads session events and fans frames out to one task per
-//! client ([`client`]) through bounded queues.
+//! Inside, one hub task (`hub.rs`) reads session events and fans frames out to one task per
+//! client (`client.rs`) through bounded queues.
 
 pub mod config;
 pub mod protocol;
