@@ -385,7 +385,8 @@ async fn spot_events_carry_changed_sides() {
 
     let first = client.next_spot(REPLY_TIMEOUT).await.expect("the first spot event");
     assert_eq!(first.symbol_id, 1);
-    assert!(first.bid.is_some() && first.ask.is_some(), "first event carries both sides: {first:?}");
+    assert!(first.bid.is_some(), "first event carries the bid: {first:?}");
+    assert!(first.ask.is_some(), "first event carries the ask: {first:?}");
     let timestamp = first.timestamp.expect("a timestamp, because the subscription asked for one");
     assert!((timestamp - now_ms()).abs() < 5_000);
 
@@ -460,7 +461,8 @@ async fn live_trendbars_ride_on_spots() {
         }
     };
     let bar = trendbar::decode(&event.trendbar[0], 3).expect("a valid bar");
-    assert!(bar.low <= bar.close && bar.close <= bar.high);
+    assert!(bar.low <= bar.close, "{bar:?}");
+    assert!(bar.close <= bar.high, "{bar:?}");
     assert_eq!(bar.time_ms % 60_000, 0);
     sim.shutdown().await;
 }
@@ -565,8 +567,12 @@ async fn trendbars_follow_generated_prices() {
     let bars: Vec<_> = response.trendbar.iter().map(|b| trendbar::decode(b, 5).expect("valid bar")).collect();
     assert!(bars.windows(2).all(|w| w[0].time_ms < w[1].time_ms), "bars oldest first");
     for bar in &bars {
-        assert!(bar.low <= bar.open && bar.open <= bar.high && bar.low <= bar.close && bar.close <= bar.high);
-        assert!(bar.time_ms >= now - 3_660_000 && bar.time_ms <= now);
+        assert!(bar.low <= bar.open, "{bar:?}");
+        assert!(bar.open <= bar.high, "{bar:?}");
+        assert!(bar.low <= bar.close, "{bar:?}");
+        assert!(bar.close <= bar.high, "{bar:?}");
+        assert!(bar.time_ms >= now - 3_660_000, "bar before the range: {bar:?}");
+        assert!(bar.time_ms <= now, "bar after the range: {bar:?}");
     }
 
     let counted = client.trendbars_request(pb::ProtoOaTrendbarPeriod::H1, None, Some(now), Some(5));
@@ -602,7 +608,11 @@ async fn tick_data_is_delta_encoded() {
     let ticks = tickdata::decode(&response.tick_data, 3).expect("valid tick data");
     assert!(ticks.len() >= 10, "{} ticks in 30 minutes", ticks.len());
     assert!(ticks.windows(2).all(|w| w[0].0 > w[1].0), "ticks newest first");
-    assert!(ticks.iter().all(|(t, p)| *t >= now - 1_800_000 && *t <= now && p.raw > 10_000_000));
+    for (time_ms, price) in &ticks {
+        assert!(*time_ms >= now - 1_800_000, "tick before the range at {time_ms}");
+        assert!(*time_ms <= now, "tick after the range at {time_ms}");
+        assert!(price.raw > 10_000_000, "USDJPY price {price} is off by a scale");
+    }
     sim.shutdown().await;
 }
 

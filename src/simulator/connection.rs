@@ -38,7 +38,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 type Transport = Framed<TlsStream<TcpStream>, FrameCodec>;
 
-/// How a connection ends.
+/// The kind of close that ends a connection.
 enum Close {
     /// TLS close_notify, then TCP FIN.
     Clean(String),
@@ -48,7 +48,7 @@ enum Close {
     Gone(String),
 }
 
-/// Whether the request loop carries on after a frame.
+/// The next step of the connection loop after an input.
 enum Flow {
     Continue,
     Close(Close),

@@ -1,5 +1,5 @@
 //! Simulated prices: one order book per symbol, moved by a random walk or by a replayed tick
-//! file, with a bounded history from which trendbars and tick data are answered.
+//! file, with a bounded history from which trendbar and tick-data requests are served.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
@@ -22,7 +22,8 @@ const BACKFILL_STEP_MS: i64 = 30_000;
 /// Span of the synthetic history: the largest M1 request cTrader allows (3.5 days).
 const BACKFILL_SPAN_MS: i64 = 302_400_000;
 
-/// One book change. `bid_changed` and `ask_changed` say which side moved.
+/// A book after a change, prices in 1/100000 units. Connections work out which side moved by
+/// comparing with what they last sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Quote {
     pub symbol_id: i64,
@@ -130,7 +131,7 @@ impl Market {
             book.history.push_back(Point { time_ms, bid, ask });
         }
 
-        // No receiver is normal while nobody is connected.
+        // Sending fails only when no connection is open, which is normal.
         let _ = self.quotes.send(Quote { symbol_id, bid, ask, time_ms });
         true
     }
@@ -368,8 +369,10 @@ mod tests {
         let bars = market.bars(1, Period::H1, now - 86_400_000, now + 1);
         assert!(bars.len() >= 24, "one day of hourly bars, got {}", bars.len());
         for bar in &bars {
-            assert!(bar.low <= bar.open && bar.open <= bar.high);
-            assert!(bar.low <= bar.close && bar.close <= bar.high);
+            assert!(bar.low <= bar.open, "{bar:?}");
+            assert!(bar.open <= bar.high, "{bar:?}");
+            assert!(bar.low <= bar.close, "{bar:?}");
+            assert!(bar.close <= bar.high, "{bar:?}");
         }
 
         // The first and last hour are cut by the query range; every hour between is whole.
