@@ -413,6 +413,48 @@ async fn spot_events_carry_changed_sides() {
 }
 
 #[tokio::test]
+async fn late_subscriber_gets_no_stale_quotes() {
+    let sim = start(SimulatorConfig { tick_rate: 200.0, ..test_config() }).await;
+    let mut early = connect(&sim).await;
+    early.authorise(&sim).await;
+    assert!(matches!(early.subscribe(vec![1]).await, Message::SubscribeSpotsRes(_)));
+
+    // The late client's quote queue fills while it is unsubscribed; none of that may leak out.
+    let mut late = connect(&sim).await;
+    late.authorise(&sim).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(matches!(late.subscribe(vec![1]).await, Message::SubscribeSpotsRes(_)));
+    assert_eq!(sim.stats().subscriptions.get("EURUSD"), Some(&2));
+
+    let first = late.next_spot(REPLY_TIMEOUT).await.expect("the first spot event");
+    let (mut bid, mut ask) = (first.bid.expect("bid"), first.ask.expect("ask"));
+    let mut late_books = vec![(bid, ask)];
+    for _ in 0..20 {
+        let event = late.next_spot(REPLY_TIMEOUT).await.expect("a spot event");
+        assert_ne!(event.bid, Some(bid), "an unchanged bid was sent");
+        assert_ne!(event.ask, Some(ask), "an unchanged ask was sent");
+        bid = event.bid.unwrap_or(bid);
+        ask = event.ask.unwrap_or(ask);
+        late_books.push((bid, ask));
+    }
+
+    // The early client saw every book in order, so the late client's books must be one
+    // contiguous run of them; a stale queued quote would break the run.
+    let mut early_books: Vec<(u64, u64)> = Vec::new();
+    let (mut early_bid, mut early_ask) = (0, 0);
+    let deadline = tokio::time::Instant::now() + REPLY_TIMEOUT;
+    while !early_books.ends_with(&late_books) && tokio::time::Instant::now() < deadline {
+        let Some(event) = early.next_spot(Duration::from_millis(500)).await else { break };
+        early_bid = event.bid.unwrap_or(early_bid);
+        early_ask = event.ask.unwrap_or(early_ask);
+        early_books.push((early_bid, early_ask));
+    }
+    assert!(early_books.ends_with(&late_books), "late books {late_books:?} are not a run of the early client's books");
+
+    sim.shutdown().await;
+}
+
+#[tokio::test]
 async fn subscribe_errors_and_unsubscribe() {
     let sim = start(test_config()).await;
     let mut client = connect(&sim).await;

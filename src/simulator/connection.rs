@@ -81,6 +81,8 @@ impl RateWindow {
 /// One spot subscription on this connection.
 struct Subscription {
     with_timestamp: bool,
+    /// Book sequence of the last quote applied; older quotes still queued are skipped.
+    sequence: u64,
     /// Sides last sent, so later events carry only the side that changed.
     last_bid: Option<u64>,
     last_ask: Option<u64>,
@@ -298,6 +300,10 @@ impl Connection {
             return Flow::Continue;
         }
         let Some(subscription) = self.subscriptions.get_mut(&quote.symbol_id) else { return Flow::Continue };
+        if quote.sequence <= subscription.sequence {
+            return Flow::Continue;
+        }
+        subscription.sequence = quote.sequence;
 
         // cTrader sends only the side that changed.
         let bid = (subscription.last_bid != Some(quote.bid)).then_some(quote.bid);
@@ -565,7 +571,8 @@ impl Connection {
         let mut symbol_ids: Vec<i64> = request.symbol_id.clone();
         symbol_ids.dedup();
         for &symbol_id in &symbol_ids {
-            self.subscriptions.insert(symbol_id, Subscription { with_timestamp, last_bid: None, last_ask: None, periods: BTreeSet::new() });
+            let subscription = Subscription { with_timestamp, sequence: 0, last_bid: None, last_ask: None, periods: BTreeSet::new() };
+            self.subscriptions.insert(symbol_id, subscription);
             self.shared.market.add_subscriber(symbol_id);
         }
         let names: Vec<String> = symbol_ids.iter().filter_map(|s| spec(*s)).map(|s| normalise(s.broker_name)).collect();
@@ -580,6 +587,9 @@ impl Connection {
         // market is closed.
         for symbol_id in symbol_ids {
             let Some(quote) = self.shared.market.current(symbol_id) else { continue };
+            if let Some(subscription) = self.subscriptions.get_mut(&symbol_id) {
+                subscription.sequence = quote.sequence;
+            }
             if let Flow::Close(close) = self.send_spot(symbol_id, Some(quote.bid), Some(quote.ask)).await {
                 return Flow::Close(close);
             }

@@ -30,6 +30,8 @@ pub(crate) struct Quote {
     pub bid: u64,
     pub ask: u64,
     pub time_ms: i64,
+    /// Change counter of this symbol's book, so a receiver can skip quotes older than a snapshot.
+    pub sequence: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -43,6 +45,7 @@ struct Book {
     spec: &'static SymbolSpec,
     bid: u64,
     ask: u64,
+    sequence: u64,
     history: VecDeque<Point>,
 }
 
@@ -69,7 +72,7 @@ impl Market {
         for spec in SYMBOLS {
             let (bid, ask) = start_overrides.get(&spec.id).copied().unwrap_or((spec.start_bid, spec.start_bid + spec.spread()));
             let history = backfill(spec, bid, ask, now, &mut rng);
-            books.insert(spec.id, Book { spec, bid, ask, history });
+            books.insert(spec.id, Book { spec, bid, ask, sequence: 0, history });
         }
         let (quotes, _) = broadcast::channel(16_384);
         Self {
@@ -87,7 +90,7 @@ impl Market {
     /// Returns the current book of a symbol.
     pub fn current(&self, symbol_id: i64) -> Option<Quote> {
         let books = self.books.lock().expect("market lock");
-        books.get(&symbol_id).map(|b| Quote { symbol_id, bid: b.bid, ask: b.ask, time_ms: now_ms() })
+        books.get(&symbol_id).map(|b| Quote { symbol_id, bid: b.bid, ask: b.ask, time_ms: now_ms(), sequence: b.sequence })
     }
 
     pub fn add_subscriber(&self, symbol_id: i64) {
@@ -117,7 +120,7 @@ impl Market {
     /// neither side moved, in which case nothing is sent.
     pub fn apply(&self, symbol_id: i64, bid: u64, ask: u64) -> bool {
         let time_ms = now_ms();
-        {
+        let sequence = {
             let mut books = self.books.lock().expect("market lock");
             let Some(book) = books.get_mut(&symbol_id) else { return false };
             if book.bid == bid && book.ask == ask {
@@ -129,10 +132,14 @@ impl Market {
                 book.history.pop_front();
             }
             book.history.push_back(Point { time_ms, bid, ask });
-        }
+            book.sequence += 1;
 
-        // Sending fails only when no connection is open, which is normal.
-        let _ = self.quotes.send(Quote { symbol_id, bid, ask, time_ms });
+            // Sending under the lock keeps quotes of one symbol in sequence order. It fails
+            // only when no connection is open, which is normal.
+            let _ = self.quotes.send(Quote { symbol_id, bid, ask, time_ms, sequence: book.sequence });
+            book.sequence
+        };
+        tracing::trace!(symbol_id, bid, ask, sequence, "book changed");
         true
     }
 
