@@ -174,9 +174,11 @@ impl Connection {
 
                 changed = silence.changed() => {
                     if changed.is_ok() && !*silence.borrow() {
-                        // Time spent silenced does not count against the client.
+                        // Time spent silenced does not count against the client, and quotes
+                        // queued meanwhile are old, so streaming restarts from the next change.
                         self.last_received = Instant::now();
                         heartbeat.reset();
+                        quotes = quotes.resubscribe();
                     }
                     Flow::Continue
                 }
@@ -296,14 +298,16 @@ impl Connection {
     // ---- Spot events ----
 
     async fn on_quote(&mut self, quote: Quote) -> Flow {
-        if self.shared.faults.ticks_stalled() {
-            return Flow::Continue;
-        }
         let Some(subscription) = self.subscriptions.get_mut(&quote.symbol_id) else { return Flow::Continue };
         if quote.sequence <= subscription.sequence {
             return Flow::Continue;
         }
         subscription.sequence = quote.sequence;
+
+        // Stalled quotes are consumed unsent, so the first event after resume is a current price.
+        if self.shared.faults.ticks_stalled() {
+            return Flow::Continue;
+        }
 
         // cTrader sends only the side that changed.
         let bid = (subscription.last_bid != Some(quote.bid)).then_some(quote.bid);
