@@ -86,6 +86,25 @@ impl Client {
         }
     }
 
+    /// Sends all requests before reading any response, so they reach the server within
+    /// milliseconds, and returns the responses in request order.
+    async fn pipeline(&mut self, messages: Vec<Message>) -> Vec<Message> {
+        let mut ids = Vec::new();
+        for message in messages {
+            ids.push(self.send(message).await);
+        }
+        let mut responses: Vec<Option<Message>> = vec![None; ids.len()];
+        while responses.iter().any(Option::is_none) {
+            let frame = self.read_frame(REPLY_TIMEOUT).await.expect("a response in time").expect("a valid frame");
+            let message = Message::decode(&frame).expect("a valid payload");
+            match ids.iter().position(|id| frame.client_msg_id.as_deref() == Some(id.as_str())) {
+                Some(index) => responses[index] = Some(message),
+                None => self.pending.push_back(message),
+            }
+        }
+        responses.into_iter().flatten().collect()
+    }
+
     async fn request_error(&mut self, message: Message) -> ApiError {
         let response = self.request(message).await;
         ApiError::from_message(&response).unwrap_or_else(|| panic!("expected an error, got {response:?}"))
@@ -554,25 +573,22 @@ async fn rate_limits_per_connection() {
     let mut client = connect(&sim).await;
     client.authorise(&sim).await;
 
-    let mut limited = 0;
-    for _ in 0..12 {
-        if let Some(error) = ApiError::from_message(&client.request(Message::VersionReq).await) {
-            assert_eq!(error.code, "REQUEST_FREQUENCY_EXCEEDED");
-            limited += 1;
-        }
+    let responses = client.pipeline(vec![Message::VersionReq; 25]).await;
+    let errors: Vec<ApiError> = responses.iter().filter_map(ApiError::from_message).collect();
+    for error in &errors {
+        assert_eq!(error.code, "REQUEST_FREQUENCY_EXCEEDED");
     }
-    assert!(limited >= 4, "12 requests against a limit of 10/s with 2 used by auth: {limited} limited");
+    let accepted = responses.len() - errors.len();
+    assert!(accepted <= 10, "{accepted} of 25 pipelined requests accepted against a limit of 10/s");
+    assert!(accepted >= 8, "only {accepted} accepted; the 2 auth requests use at most 2 of the 10");
 
+    // History requests have their own budget, which the ordinary ones above did not touch.
     let now = now_ms();
     let request = client.trendbars_request(pb::ProtoOaTrendbarPeriod::M5, Some(now - 3_600_000), Some(now), None);
-    let mut history_limited = 0;
-    for _ in 0..3 {
-        if let Some(error) = ApiError::from_message(&client.request(request.clone()).await) {
-            assert!(error.is_rate_limited(), "{error}");
-            history_limited += 1;
-        }
-    }
-    assert_eq!(history_limited, 1, "the third history request in a second is over the limit of 2");
+    let responses = client.pipeline(vec![request; 3]).await;
+    let limited: Vec<ApiError> = responses.iter().filter_map(ApiError::from_message).collect();
+    assert_eq!(limited.len(), 1, "the third history request in a second is over the limit of 2: {limited:?}");
+    assert!(limited[0].is_rate_limited(), "{}", limited[0]);
     sim.shutdown().await;
 }
 
@@ -850,5 +866,20 @@ async fn replay_streams_recorded_quotes() {
         let price = event.bid.or(event.ask).unwrap();
         assert!((8_500_000..8_800_000).contains(&price), "price {price} is not from the file");
     }
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn certificate_covers_loopback_address() {
+    let sim = start(test_config()).await;
+    let tcp = TcpStream::connect(sim.addr()).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = connector(&sim).connect(name, tcp).await;
+    assert!(tls.is_ok(), "handshake against the IP address failed: {:?}", tls.err());
+
+    // A name the certificate does not cover is rejected by the client.
+    let tcp = TcpStream::connect(sim.addr()).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("demo.ctraderapi.com").unwrap();
+    assert!(connector(&sim).connect(name, tcp).await.is_err());
     sim.shutdown().await;
 }
