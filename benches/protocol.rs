@@ -1,11 +1,13 @@
 //! Micro benchmarks of the per-tick hot path: decoding a framed `ProtoOASpotEvent` from the TCP
-//! byte stream and merging it into a quote. Run with `cargo bench --bench protocol`.
+//! byte stream, merging it into a quote, and writing the tick JSON frame that the gateway sends
+//! to every subscriber. Run with `cargo bench --bench protocol`.
 
 use std::hint::black_box;
 use std::sync::Arc;
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use tickgate::gateway::protocol::tick_frame;
 use tickgate::protocol::pb;
 use tickgate::protocol::{FrameCodec, Message};
 use tickgate::session::spot::{SpotBook, SpotUpdate};
@@ -93,5 +95,31 @@ fn bench_merge(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_decode, bench_merge);
+fn bench_tick_json(c: &mut Criterion) {
+    let symbol: Arc<str> = Arc::from("EURUSD");
+    let mut book = SpotBook::new();
+    let tick = book.apply(update(0), &symbol, 5, 1_733_340_000_124).expect("a two-sided update makes a tick");
+
+    // The gateway writes each tick once and shares the bytes among its subscribers.
+    c.bench_function("tick_json", |b| b.iter(|| black_box(tick_frame(black_box(&tick)))));
+
+    // Bytes from the socket to the JSON frame, once per upstream tick.
+    let framed = framed_spot_event();
+    let mut codec = FrameCodec::default();
+    c.bench_function("spot_decode_merge_json", |b| {
+        b.iter_batched(
+            || framed.clone(),
+            |mut bytes| {
+                let Message::SpotEvent(event) = decode_spot_event(&mut codec, &mut bytes) else {
+                    unreachable!("the input is a spot event")
+                };
+                let update = SpotUpdate { symbol_id: event.symbol_id, bid: event.bid, ask: event.ask, timestamp_ms: event.timestamp };
+                book.apply(update, &symbol, 5, 1_733_340_000_124).map(|tick| black_box(tick_frame(&tick)))
+            },
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, bench_decode, bench_merge, bench_tick_json);
 criterion_main!(benches);
