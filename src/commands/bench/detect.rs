@@ -40,11 +40,15 @@ pub struct Thresholds {
 pub struct DetectionRound {
     /// `stall_ticks` injected → `stale` status received.
     pub stall_to_stale_ms: f64,
-    /// Last tick received → `stale` status, minus the stale threshold.
+    /// Last tick's simulator timestamp → `stale` status received, minus the stale threshold.
+    /// The gateway got that tick after the simulator sent it, so this is an upper bound of its
+    /// delay beyond the threshold (by the tick's transit time plus up to 1 ms of timestamp
+    /// truncation).
     pub stale_beyond_threshold_ms: f64,
     /// `silence` injected → `reconnecting` status received.
     pub silence_to_reconnecting_ms: f64,
-    /// Last tick received → `reconnecting` status, minus the liveness timeout.
+    /// Last tick's simulator timestamp → `reconnecting` status received, minus the liveness
+    /// timeout; an upper bound in the same way as `stale_beyond_threshold_ms`.
     pub silence_beyond_threshold_ms: f64,
     /// `drop` injected → `reconnecting` status received; `None` when the gateway went straight to
     /// `connecting`.
@@ -56,8 +60,10 @@ pub struct DetectionRound {
 }
 
 enum MonitorEvent {
-    Tick { at: Instant },
-    Status { at: Instant, status: String },
+    /// A tick; `sent_ms` is its simulator timestamp in Unix milliseconds.
+    Tick { sent_ms: i64 },
+    /// A status frame; `at_unix_us` is its receive time in Unix microseconds.
+    Status { at: Instant, at_unix_us: u64, status: String },
     Ended { error: String },
 }
 
@@ -66,7 +72,8 @@ pub struct Monitor {
     events: mpsc::Receiver<MonitorEvent>,
     reader: JoinHandle<()>,
     status: Option<String>,
-    last_tick: Option<Instant>,
+    /// Simulator timestamp of the last tick received, in Unix milliseconds.
+    last_tick_sent_ms: Option<i64>,
 }
 
 impl Monitor {
@@ -81,6 +88,7 @@ impl Monitor {
         let reader = tokio::spawn(async move {
             while let Some(message) = ws.next().await {
                 let at = Instant::now();
+                let at_unix_us = clients::unix_now_us();
                 let text = match message {
                     Ok(Message::Text(text)) => text,
                     Ok(Message::Close(frame)) => {
@@ -95,8 +103,8 @@ impl Monitor {
                 };
                 for line in text.split('\n').filter(|line| !line.trim().is_empty()) {
                     let event = match wire::parse_frame(line) {
-                        Ok(Frame::Tick { .. }) => MonitorEvent::Tick { at },
-                        Ok(Frame::Status { status }) => MonitorEvent::Status { at, status },
+                        Ok(Frame::Tick { timestamp_ms }) => MonitorEvent::Tick { sent_ms: timestamp_ms },
+                        Ok(Frame::Status { status }) => MonitorEvent::Status { at, at_unix_us, status },
                         Ok(Frame::Other) | Err(_) => continue,
                     };
                     if tx.send(event).await.is_err() {
@@ -107,7 +115,7 @@ impl Monitor {
             let _ = tx.send(MonitorEvent::Ended { error: "connection ended".into() }).await;
         });
 
-        Ok(Monitor { events, reader, status: None, last_tick: None })
+        Ok(Monitor { events, reader, status: None, last_tick_sent_ms: None })
     }
 
     /// Waits for the next event, or fails when the deadline passes or the connection ends.
@@ -115,11 +123,7 @@ impl Monitor {
         match tokio::time::timeout_at(deadline.into(), self.events.recv()).await {
             Ok(Some(MonitorEvent::Ended { error })) => bail!("monitor connection ended while waiting for {waiting_for}: {error}"),
             Ok(Some(event)) => {
-                match &event {
-                    MonitorEvent::Tick { at } => self.last_tick = Some(*at),
-                    MonitorEvent::Status { status, .. } => self.status = Some(status.clone()),
-                    MonitorEvent::Ended { .. } => {}
-                }
+                self.note(&event);
                 Ok(event)
             }
             Ok(None) => bail!("monitor connection ended while waiting for {waiting_for}"),
@@ -130,14 +134,23 @@ impl Monitor {
         }
     }
 
-    /// Waits for a status frame with `wanted`; returns its receive time.
-    async fn wait_status(&mut self, wanted: &str, timeout: Duration) -> anyhow::Result<Instant> {
+    fn note(&mut self, event: &MonitorEvent) {
+        match event {
+            MonitorEvent::Tick { sent_ms, .. } => self.last_tick_sent_ms = Some(*sent_ms),
+            MonitorEvent::Status { status, .. } => self.status = Some(status.clone()),
+            MonitorEvent::Ended { .. } => {}
+        }
+    }
+
+    /// Waits for a status frame with `wanted`; returns its receive time as an [`Instant`] and
+    /// in Unix microseconds.
+    async fn wait_status(&mut self, wanted: &str, timeout: Duration) -> anyhow::Result<(Instant, u64)> {
         let deadline = Instant::now() + timeout;
         let waiting_for = format!("status {wanted:?}");
         loop {
-            if let MonitorEvent::Status { at, status } = self.next_event(deadline, &waiting_for).await? {
+            if let MonitorEvent::Status { at, at_unix_us, status } = self.next_event(deadline, &waiting_for).await? {
                 if status == wanted {
-                    return Ok(at);
+                    return Ok((at, at_unix_us));
                 }
             }
         }
@@ -154,19 +167,17 @@ impl Monitor {
         }
     }
 
-    /// Takes every event already queued, so `last_tick` is current.
+    /// Takes every event already queued, so the status and last tick are current.
     fn catch_up(&mut self) {
         while let Ok(event) = self.events.try_recv() {
-            match event {
-                MonitorEvent::Tick { at } => self.last_tick = Some(at),
-                MonitorEvent::Status { status, .. } => self.status = Some(status),
-                MonitorEvent::Ended { .. } => {}
-            }
+            self.note(&event);
         }
     }
 
-    fn last_tick(&self) -> anyhow::Result<Instant> {
-        self.last_tick.context("the monitor has received no tick")
+    /// Returns the milliseconds from the last tick's simulator timestamp to `at_unix_us`.
+    fn since_last_tick_ms(&self, at_unix_us: u64) -> anyhow::Result<f64> {
+        let sent_ms = self.last_tick_sent_ms.context("the monitor has received no tick")?;
+        Ok(at_unix_us as f64 / 1000.0 - sent_ms as f64)
     }
 }
 
@@ -210,9 +221,9 @@ async fn measure_stall(
     simulator.inject(Fault::StallTicks);
 
     let threshold = Duration::from_millis(thresholds.stale_after_ms);
-    let stale_at = monitor.wait_status("stale", threshold + DETECTION_SLACK).await?;
+    let (stale_at, stale_at_unix_us) = monitor.wait_status("stale", threshold + DETECTION_SLACK).await?;
     result.stall_to_stale_ms = millis(stale_at - injected);
-    result.stale_beyond_threshold_ms = millis_signed(stale_at, monitor.last_tick()?) - millis(threshold);
+    result.stale_beyond_threshold_ms = monitor.since_last_tick_ms(stale_at_unix_us)? - millis(threshold);
 
     simulator.inject(Fault::Resume);
     monitor.wait_flowing(RECOVERY_TIMEOUT).await.context("ticks did not resume")
@@ -231,9 +242,11 @@ async fn measure_silence(
     // The stale status comes first when the stale threshold is the shorter one; the liveness
     // timeout then ends the connection and the gateway reports `reconnecting`.
     let threshold = Duration::from_millis(thresholds.liveness_timeout_ms);
-    let detected_at = monitor.wait_status("reconnecting", threshold + DETECTION_SLACK).await?;
+    // The last inbound frame may be a heartbeat after the last tick, which makes the real delay
+    // beyond the timeout smaller than measured here, never larger.
+    let (detected_at, detected_at_unix_us) = monitor.wait_status("reconnecting", threshold + DETECTION_SLACK).await?;
     result.silence_to_reconnecting_ms = millis(detected_at - injected);
-    result.silence_beyond_threshold_ms = millis_signed(detected_at, monitor.last_tick()?) - millis(threshold);
+    result.silence_beyond_threshold_ms = monitor.since_last_tick_ms(detected_at_unix_us)? - millis(threshold);
 
     simulator.inject(Fault::Resume);
     monitor.wait_flowing(RECOVERY_TIMEOUT).await.context("the feed did not come back")
@@ -267,7 +280,7 @@ async fn measure_drop(
         let deadline = injected + wait_limit;
         let mut reconnecting_at = None;
         loop {
-            if let MonitorEvent::Status { at, status } = monitor.next_event(deadline, "status \"connecting\"").await? {
+            if let MonitorEvent::Status { at, status, .. } = monitor.next_event(deadline, "status \"connecting\"").await? {
                 match status.as_str() {
                     "reconnecting" if reconnecting_at.is_none() => reconnecting_at = Some(at),
                     "connecting" => return anyhow::Ok((reconnecting_at, at)),
@@ -289,12 +302,4 @@ async fn measure_drop(
 
 fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
-}
-
-/// Returns `later - earlier` in milliseconds, negative when `later` is the earlier one.
-fn millis_signed(later: Instant, earlier: Instant) -> f64 {
-    match later.checked_duration_since(earlier) {
-        Some(duration) => millis(duration),
-        None => -millis(earlier - later),
-    }
 }
