@@ -286,7 +286,7 @@ async fn expired_token_is_refreshed_and_saved() {
     .unwrap();
     let mut config = fixture.session_config();
     config.refresh_token = Some(tickgate::simulator::DEMO_REFRESH_TOKEN.into());
-    config.token_file = Some(tickgate::session::tokens::TokenFile::DotEnv(env_file.clone()));
+    config.token_file = Some(env_file.clone());
     let mut running = start_streaming(&fixture, config).await;
     let mark = running.probe.transitions.len();
 

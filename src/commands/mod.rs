@@ -4,6 +4,7 @@ pub mod diagram;
 pub mod replay;
 pub mod connection;
 pub mod history;
+pub mod stream;
 
 /// A configuration error found at start: the process prints it and exits with code 2.
 #[derive(Debug, thiserror::Error)]

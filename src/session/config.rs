@@ -1,13 +1,15 @@
 //! Everything the session driver needs to connect, authenticate and pace its requests.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::commands::connection::Credentials;
 use crate::fsm;
 use crate::protocol::codec::DEFAULT_MAX_FRAME_LEN;
+use crate::simulator::SimulatorHandle;
 
-use super::tokens::TokenFile;
+use super::tokens::ACCESS_TOKEN_VAR;
 use super::transport::OPEN_API_PORT;
 
 /// Default time a request may wait for its response before it counts as failed.
@@ -44,10 +46,14 @@ pub struct SessionConfig {
     pub refresh_token: Option<String>,
     /// The `ctidTraderAccountId` to authorise.
     pub account_id: i64,
-    /// An extra trusted CA in PEM, added to the Mozilla roots.
+    /// A file with an extra trusted CA in PEM, added to the Mozilla roots.
     pub ca_file: Option<PathBuf>,
-    /// Where the tokens came from; refreshed tokens are written back there.
-    pub token_file: Option<TokenFile>,
+    /// An extra trusted CA in PEM held in memory, such as an embedded simulator's.
+    pub ca_pem: Option<String>,
+    /// Where the tokens came from: a `.env`-style file (only the token lines are rewritten) or a
+    /// `.json` file. Refreshed tokens are written back there, and at start its tokens, when it
+    /// has both, replace the configured ones because a refresh spends the old refresh token.
+    pub token_file: Option<PathBuf>,
     /// Thresholds of the connection state machine.
     pub fsm: fsm::Config,
     pub request_timeout: Duration,
@@ -88,6 +94,7 @@ impl SessionConfig {
             refresh_token: None,
             account_id,
             ca_file: None,
+            ca_pem: None,
             token_file: None,
             fsm: fsm::Config::default(),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
@@ -99,6 +106,42 @@ impl SessionConfig {
             journal: None,
             event_capacity: DEFAULT_EVENT_CAPACITY,
         }
+    }
+
+    /// Creates a configuration for real cTrader credentials. Refreshed tokens go back to `.env` in
+    /// the working directory when that is where the access token came from.
+    pub fn from_credentials(host: impl Into<String>, port: u16, credentials: &Credentials) -> Self {
+        let mut config = Self::new(
+            host,
+            port,
+            credentials.client_id.clone(),
+            credentials.client_secret.clone(),
+            credentials.access_token.clone(),
+            credentials.account_id,
+        );
+        config.refresh_token = credentials.refresh_token.clone().filter(|token| !token.is_empty());
+        config.fsm.has_refresh_token = config.refresh_token.is_some();
+        config.token_file = dotenv_holding(Path::new(".env"), &credentials.access_token);
+        config
+    }
+
+    /// Creates a configuration for a running simulator, trusting its CA and using its demo
+    /// credentials.
+    pub fn for_simulator(simulator: &SimulatorHandle) -> Self {
+        let sim = simulator.config();
+        let mut config = Self::new(
+            simulator.addr().ip().to_string(),
+            simulator.addr().port(),
+            sim.client_id.clone(),
+            sim.client_secret.clone(),
+            sim.access_token.clone(),
+            sim.account_id,
+        );
+        config.server_name = simulator.server_name().to_string();
+        config.ca_pem = Some(simulator.ca_pem().to_string());
+        config.refresh_token = Some(sim.refresh_token.clone());
+        config.fsm.has_refresh_token = true;
+        config
     }
 
     /// Checks the values a connection cannot work without, naming the one that is wrong.
@@ -152,6 +195,7 @@ impl fmt::Debug for SessionConfig {
             .field("refresh_token", &self.refresh_token.as_ref().map(|_| REDACTED))
             .field("account_id", &self.account_id)
             .field("ca_file", &self.ca_file)
+            .field("ca_pem", &self.ca_pem.as_ref().map(|pem| format!("{} bytes", pem.len())))
             .field("token_file", &self.token_file)
             .field("fsm", &self.fsm)
             .field("request_timeout", &self.request_timeout)
@@ -164,6 +208,13 @@ impl fmt::Debug for SessionConfig {
             .field("event_capacity", &self.event_capacity)
             .finish()
     }
+}
+
+/// Returns `path` when it is a `.env` file whose access token is `access_token`.
+fn dotenv_holding(path: &Path, access_token: &str) -> Option<PathBuf> {
+    let entries = dotenvy::from_path_iter(path).ok()?;
+    let holds = entries.flatten().any(|(key, value)| key == ACCESS_TOKEN_VAR && value == access_token);
+    holds.then(|| path.to_path_buf())
 }
 
 #[cfg(test)]
@@ -190,6 +241,17 @@ mod tests {
     fn new_uses_host_as_server_name() {
         assert_eq!(config().server_name, "127.0.0.1");
         assert!(config().validate().is_ok());
+    }
+
+    #[test]
+    fn dotenv_holding_matches_access_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".env");
+        std::fs::write(&path, "CTRADER_ACCESS_TOKEN=abc\n").unwrap();
+
+        assert_eq!(dotenv_holding(&path, "abc"), Some(path.clone()));
+        assert_eq!(dotenv_holding(&path, "other"), None);
+        assert_eq!(dotenv_holding(&dir.path().join("missing"), "abc"), None);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use super::spot::{SpotBook, SpotUpdate};
 use super::subscriptions::{Job, RequestQueue, Subscriptions};
 use super::symbols::{normalise, SymbolDetails, SymbolTable};
 use super::timers::{unix_ms, Clock, TimerTable};
-use super::tokens::Tokens;
+use super::tokens::{TokenFile, Tokens};
 use super::transport::{self, Stream, TransportError};
 
 /// Attempts per symbol at a subscribe that fails with an error other than unknown symbol or rate
@@ -52,8 +52,19 @@ pub fn spawn(config: SessionConfig) -> (SessionHandle, JoinHandle<anyhow::Result
 /// Runs the driver on the given channel ends until shutdown.
 pub async fn run(mut config: SessionConfig, ends: DriverEnds) -> anyhow::Result<()> {
     config.validate()?;
+    let token_file = config.token_file.as_deref().map(TokenFile::for_path);
+    if let Some(file) = &token_file {
+        // A refresh spends the old refresh token, so tokens saved by an earlier run win.
+        if let Some(saved) = file.load()? {
+            if saved.access_token != config.access_token {
+                tracing::info!(path = %file.path().display(), "using the tokens saved in the token file");
+            }
+            config.access_token = saved.access_token;
+            config.refresh_token = Some(saved.refresh_token).filter(|token| !token.is_empty());
+        }
+    }
     config.fsm.has_refresh_token = config.refresh_token.is_some();
-    let tls = transport::tls_config(config.ca_file.as_deref())?;
+    let tls = transport::tls_config_with_pem(config.ca_file.as_deref(), config.ca_pem.as_deref())?;
     let journal = match &config.journal {
         Some(path) => Some(
             Journal::open(path).map_err(|e| anyhow::anyhow!("cannot open journal {}: {e}", path.display()))?,
@@ -61,7 +72,7 @@ pub async fn run(mut config: SessionConfig, ends: DriverEnds) -> anyhow::Result<
         None => None,
     };
 
-    let mut driver = Driver::new(config, ends, tls, journal);
+    let mut driver = Driver::new(config, ends, tls, journal, token_file);
     driver.run().await;
     Ok(())
 }
@@ -120,6 +131,7 @@ struct Driver {
     /// the feed moving and is fed to the machine as a plain frame.
     awaiting_snapshot: HashSet<i64>,
     tokens: Tokens,
+    token_file: Option<TokenFile>,
     has_refresh_token: bool,
 
     inputs: VecDeque<Input>,
@@ -129,7 +141,13 @@ struct Driver {
 }
 
 impl Driver {
-    fn new(config: SessionConfig, ends: DriverEnds, tls: Arc<rustls::ClientConfig>, journal: Option<Journal>) -> Self {
+    fn new(
+        config: SessionConfig,
+        ends: DriverEnds,
+        tls: Arc<rustls::ClientConfig>,
+        journal: Option<Journal>,
+        token_file: Option<TokenFile>,
+    ) -> Self {
         let clock = Clock::new();
         let (write_failures_tx, write_failures) = mpsc::unbounded_channel();
         let tokens = Tokens {
@@ -141,6 +159,7 @@ impl Driver {
             queue: RequestQueue::new(config.subscribe_concurrency, config.subscribe_spacing.as_millis() as u64),
             has_refresh_token: config.refresh_token.is_some(),
             tokens,
+            token_file,
             tls,
             commands: ends.commands,
             events: ends.events,
@@ -689,7 +708,7 @@ impl Driver {
     fn on_token_refreshed(&mut self, response: pb::ProtoOaRefreshTokenRes) {
         self.tokens = Tokens { access_token: response.access_token, refresh_token: response.refresh_token };
         self.has_refresh_token = !self.tokens.refresh_token.is_empty();
-        match &self.config.token_file {
+        match &self.token_file {
             Some(file) => match file.persist(&self.tokens) {
                 Ok(()) => tracing::info!(path = %file.path().display(), "refreshed tokens saved"),
                 // The refresh token is single-use; losing the new one means a manual re-authorisation.

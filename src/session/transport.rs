@@ -75,10 +75,19 @@ pub enum TransportError {
 
 /// Builds the TLS client configuration: Mozilla roots plus the certificates in `ca_file`.
 pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TransportError> {
+    tls_config_with_pem(ca_file, None)
+}
+
+/// Builds the TLS client configuration: Mozilla roots, the certificates in `ca_file`, and those
+/// in `ca_pem` (PEM text held in memory, such as an embedded simulator's CA).
+pub fn tls_config_with_pem(ca_file: Option<&Path>, ca_pem: Option<&str>) -> Result<Arc<rustls::ClientConfig>, TransportError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
         add_ca_file(&mut roots, path)?;
+    }
+    if let Some(pem) = ca_pem {
+        add_ca_pem(&mut roots, pem)?;
     }
 
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -104,6 +113,22 @@ fn add_ca_file(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), Tra
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
+    }
+    Ok(())
+}
+
+fn add_ca_pem(roots: &mut rustls::RootCertStore, pem: &str) -> Result<(), TransportError> {
+    let source = PathBuf::from("<in-memory CA>");
+    let certs = rustls_pemfile::certs(&mut pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TransportError::CaFileUnreadable { path: source.clone(), source: e })?;
+    if certs.is_empty() {
+        return Err(TransportError::CaFileEmpty { path: source });
+    }
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| TransportError::CaFileInvalid { path: source.clone(), reason: e.to_string() })?;
     }
     Ok(())
 }
