@@ -124,13 +124,18 @@ async fn shutdown_unsubscribes_and_closes() {
     assert_eq!(stats.requests_by_type.get("ProtoOAUnsubscribeSpotsReq"), Some(&1), "{:?}", stats.requests_by_type);
     assert_eq!(stats.connections_current, 0);
 
-    // The journal holds every input with its time and the resulting state, in order.
+    // The journal holds every input with its time, in the FSM's format, and replays cleanly.
     let text = std::fs::read_to_string(&journal).unwrap();
     let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(lines.len() > 5, "{} journal lines", lines.len());
-    assert_eq!(lines[0]["input"], "Start");
+    assert_eq!(lines[0]["format"], tickgate::fsm::journal::FORMAT);
+    assert_eq!(lines[1]["input"], "Start");
     assert!(lines.iter().any(|l| l["input"] == "TransportUp"));
-    assert!(lines.iter().all(|l| l["atMs"].as_u64().is_some()));
+    assert!(lines[1..].iter().all(|l| l["time"].as_u64().is_some()));
+    assert_eq!(lines.last().unwrap()["to"], "Disconnected");
+    let file = std::io::BufReader::new(std::fs::File::open(&journal).unwrap());
+    let replayed = tickgate::fsm::replay::replay(file).expect("journal replays identically");
+    assert_eq!(replayed.timeline.len(), lines.len() - 1);
 
     fixture.sim.shutdown().await;
 }

@@ -67,11 +67,11 @@ pub async fn run(mut config: SessionConfig, ends: DriverEnds) -> anyhow::Result<
     let tls = transport::tls_config_with_pem(config.ca_file.as_deref(), config.ca_pem.as_deref())?;
     let journal = match &config.journal {
         Some(path) => Some(
-            Journal::open(path).map_err(|e| anyhow::anyhow!("cannot open journal {}: {e}", path.display()))?,
+            Journal::create(path, &config.fsm)
+                .map_err(|e| anyhow::anyhow!("cannot create journal {}: {e}", path.display()))?,
         ),
         None => None,
     };
-
     let mut driver = Driver::new(config, ends, tls, journal, token_file);
     driver.run().await;
     Ok(())
@@ -235,10 +235,11 @@ impl Driver {
             let now = self.clock.now();
             let mut actions = std::mem::take(&mut self.actions);
             actions.clear();
+            let from = self.machine.state();
             let journal_input = self.journal.is_some().then(|| input.clone());
             self.machine.handle(now, input, &mut actions);
             if let (Some(journal), Some(input)) = (&mut self.journal, journal_input) {
-                journal.record(now, &input, self.machine.state(), self.machine.attempt(), &actions);
+                journal.record(now, &input, from, self.machine.state(), &actions);
             }
             for action in actions.drain(..) {
                 self.perform(action, now);
