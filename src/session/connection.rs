@@ -99,3 +99,44 @@ async fn write_frames(
         Err(_) => tracing::debug!(generation, "connection close timed out"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::message::Message;
+    use crate::session::transport::{self, test_pki::test_pki};
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    /// The server reads everything the client sends; a clean end (close_notify) reads as
+    /// `Ok(0)`, while a TCP close without close_notify is an `UnexpectedEof` error in rustls.
+    #[tokio::test]
+    async fn close_flushes_queue_then_sends_close_notify() {
+        let pki = test_pki();
+        let dir = tempfile::tempdir().unwrap();
+        let ca_path = dir.path().join("ca.pem");
+        std::fs::write(&ca_path, &pki.ca_pem).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server_config = pki.server_config.clone();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = tokio_rustls::TlsAcceptor::from(server_config).accept(tcp).await.unwrap();
+            let mut received = Vec::new();
+            let end = tls.read_to_end(&mut received).await;
+            (received, end)
+        });
+
+        let tls = transport::tls_config(Some(&ca_path)).unwrap();
+        let stream = transport::connect("127.0.0.1", port, "localhost", tls).await.unwrap();
+        let (failures, _failures_rx) = mpsc::unbounded_channel();
+        let connection = Connection::start(stream, 1, 1024, failures);
+        connection.send(Message::Heartbeat.encode(None));
+        connection.close().await.unwrap();
+
+        let (received, end) = server.await.unwrap();
+        assert!(end.is_ok(), "server saw an unclean end: {end:?}");
+        // One heartbeat frame: length 4, payloadType 51, empty payload.
+        assert_eq!(received, vec![0, 0, 0, 4, 0x08, 0x33, 0x12, 0x00]);
+    }
+}

@@ -340,7 +340,7 @@ impl Driver {
         }));
     }
 
-    fn on_connected(&mut self, result: Result<Result<Stream, TransportError>, tokio::task::JoinError>) {
+    fn on_connected(&mut self, result: Result<Result<Box<Stream>, TransportError>, tokio::task::JoinError>) {
         self.link = Link::Idle;
         match result {
             Ok(Ok(stream)) => {
@@ -348,7 +348,7 @@ impl Driver {
                 let generation = self.generation;
                 self.requests.reset(format!("c{generation}"));
                 self.link = Link::Open(Connection::start(
-                    stream,
+                    *stream,
                     generation,
                     self.config.max_frame_len,
                     self.write_failures_tx.clone(),
@@ -613,7 +613,7 @@ impl Driver {
         }
 
         match (pending, message) {
-            (Pending::AppAuth, Message::ApplicationAuthRes { .. }) => self.inputs.push_back(Input::AppAuthOk),
+            (Pending::AppAuth, Message::ApplicationAuthRes) => self.inputs.push_back(Input::AppAuthOk),
             (Pending::AccountAuth, Message::AccountAuthRes(_)) => self.inputs.push_back(Input::AccountAuthOk),
             (Pending::RefreshToken, Message::RefreshTokenRes(response)) => self.on_token_refreshed(response),
             (Pending::SymbolsList, Message::SymbolsListRes(response)) => {
@@ -1013,7 +1013,7 @@ fn api_error(message: &Message) -> Option<ApiError> {
 }
 
 enum LinkEvent {
-    Connected(Result<Result<Stream, TransportError>, tokio::task::JoinError>),
+    Connected(Result<Result<Box<Stream>, TransportError>, tokio::task::JoinError>),
     /// The next frame of the open connection; `None` is end of stream.
     Frame(Option<Result<pb::ProtoMessage, FrameError>>),
 }
@@ -1021,7 +1021,7 @@ enum LinkEvent {
 /// Resolves when a connect finishes or the open connection yields a frame; pending when idle.
 async fn next_link_event(link: &mut Link) -> LinkEvent {
     match link {
-        Link::Connecting(task) => LinkEvent::Connected(task.await),
+        Link::Connecting(task) => LinkEvent::Connected(task.await.map(|result| result.map(Box::new))),
         Link::Open(connection) => LinkEvent::Frame(connection.next_frame().await),
         Link::Idle => std::future::pending().await,
     }

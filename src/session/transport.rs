@@ -193,21 +193,21 @@ fn handshake_error(host: &str, source: io::Error) -> TransportError {
     }
 }
 
+/// A private CA and server certificate for tests that need a real TLS server.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_pki {
+    use std::sync::Arc;
+
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
 
-    struct TestPki {
-        ca_pem: String,
-        server_config: Arc<rustls::ServerConfig>,
+    pub struct TestPki {
+        pub ca_pem: String,
+        pub server_config: Arc<rustls::ServerConfig>,
     }
 
     /// Builds a private CA and a `localhost` / `127.0.0.1` server certificate signed by it.
-    fn test_pki() -> TestPki {
+    pub fn test_pki() -> TestPki {
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let ca_key = KeyPair::generate().unwrap();
@@ -230,6 +230,15 @@ mod tests {
             .unwrap();
         TestPki { ca_pem: ca_cert.pem(), server_config: Arc::new(server_config) }
     }
+
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_pki::test_pki;
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
 
     /// Accepts one TLS connection and echoes one line back, so a successful handshake is visible.
     async fn spawn_tls_echo(server_config: Arc<rustls::ServerConfig>) -> SocketAddr {
