@@ -5,7 +5,7 @@ mod session_support;
 
 use std::time::Duration;
 
-use session_support::{names, spawn_session, wait_upstream, Fixture};
+use session_support::{eventually, names, spawn_session, wait_upstream, Fixture};
 use tickgate::fsm::StateName;
 use tickgate::session;
 
@@ -122,7 +122,7 @@ async fn shutdown_unsubscribes_and_closes() {
     wait_upstream(&fixture, &names(&[])).await;
     let stats = fixture.sim.stats();
     assert_eq!(stats.requests_by_type.get("ProtoOAUnsubscribeSpotsReq"), Some(&1), "{:?}", stats.requests_by_type);
-    assert_eq!(stats.connections_current, 0);
+    eventually("the simulator saw the connection close", || fixture.sim.stats().connections_current == 0).await;
 
     // The journal holds every input with its time, in the FSM's format, and replays cleanly.
     let text = std::fs::read_to_string(&journal).unwrap();

@@ -215,3 +215,14 @@ pub async fn wait_upstream(fixture: &Fixture, expected: &BTreeMap<String, usize>
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Polls `condition` every 20 ms until it holds, failing the test after [`WAIT`].
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !condition() {
+        if Instant::now() > deadline {
+            panic!("timed out waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
