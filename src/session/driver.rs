@@ -76,7 +76,7 @@ pub async fn run(mut config: SessionConfig, ends: DriverEnds) -> anyhow::Result<
     Ok(())
 }
 
-/// What an outstanding request was for.
+/// The purpose of an outstanding request, kept until its response or timeout.
 #[derive(Clone, Debug)]
 enum Pending {
     AppAuth,
@@ -122,7 +122,7 @@ struct Driver {
     /// RestoreSubscriptions ran on the current connection, so new subscriptions go out at once.
     restored: bool,
     symbols: SymbolTable,
-    /// Digits and pip position by symbol id; kept across reconnects.
+    /// Digits and pip position by symbol id, kept across reconnects.
     details: HashMap<i64, SymbolDetails>,
     book: SpotBook,
     /// Symbols whose first spot event since subscribing has not arrived yet. cTrader sends that
@@ -228,7 +228,7 @@ impl Driver {
     // ---- inputs and actions ----
 
     /// Feeds queued inputs to the machine one at a time, performing each one's actions before the
-    /// next input; actions may queue further inputs.
+    /// next input. Actions may queue further inputs.
     fn drain_inputs(&mut self) {
         while let Some(input) = self.inputs.pop_front() {
             let now = self.clock.now();
@@ -320,8 +320,8 @@ impl Driver {
 
     fn open_transport(&mut self) {
         if !matches!(self.link, Link::Idle) {
-            // The machine opens only from a closed state; close the old link so two connections
-            // to the account never overlap.
+            // The machine opens only from a closed state, so this is a safeguard: closing the old
+            // link first means two connections to the account never overlap.
             self.close_transport("replaced by a new connection");
         }
         let host = self.config.host.clone();
@@ -403,8 +403,8 @@ impl Driver {
     }
 
     /// Drops a connection that can no longer carry frames (closed, failed or out of sync), then
-    /// tells the machine. The machine does not ask to close a socket that is already gone, and
-    /// a stream past its end or past a framing error must not be read again.
+    /// feeds `input` to the machine. The machine does not ask to close a socket that is already
+    /// gone, and a stream past its end or past a framing error must not be read again.
     fn connection_lost(&mut self, input: Input) {
         let reason = match &input {
             Input::SocketClosed { reason } => reason.clone(),
@@ -519,7 +519,7 @@ impl Driver {
     }
 
     fn on_deadline(&mut self) {
-        // The sleep fired, but re-read the clock: only what is really due now fires.
+        // Re-read the clock after the sleep, so only what is due now fires.
         self.armed = None;
         let now = self.clock.now();
 
@@ -562,7 +562,7 @@ impl Driver {
     async fn shutdown(&mut self, reason: &str) {
         tracing::info!(reason, "session shutting down");
 
-        // Unsubscribe upstream first; the writer sends this before close_notify.
+        // Unsubscribe upstream first. The writer sends queued frames before close_notify.
         let ids = self.subscriptions.upstream_ids();
         if !ids.is_empty() {
             let message = Message::UnsubscribeSpotsReq(pb::ProtoOaUnsubscribeSpotsReq {
@@ -576,7 +576,8 @@ impl Driver {
 
         self.inputs.push_back(Input::Stop { reason: reason.to_string() });
         self.drain_inputs();
-        // The machine closes the transport on Stop; make sure of it before the task ends.
+        // The machine closes the transport on Stop, which makes this a no-op. It guarantees the
+        // socket is closed before the task ends.
         self.close_transport(reason);
         if let Some(closing) = self.closing.take() {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT * 2, closing).await;
@@ -592,11 +593,12 @@ fn api_error(message: &Message) -> Option<ApiError> {
 
 enum LinkEvent {
     Connected(Result<Result<Box<Stream>, TransportError>, tokio::task::JoinError>),
-    /// The next frame of the open connection; `None` is end of stream.
+    /// The next frame of the open connection, or `None` at end of stream.
     Frame(Option<Result<pb::ProtoMessage, FrameError>>),
 }
 
-/// Resolves when a connect finishes or the open connection yields a frame; pending when idle.
+/// Resolves when a connect finishes or the open connection yields a frame. Never resolves while
+/// idle.
 async fn next_link_event(link: &mut Link) -> LinkEvent {
     match link {
         Link::Connecting(task) => LinkEvent::Connected(task.await.map(|result| result.map(Box::new))),

@@ -51,7 +51,7 @@ impl Driver {
         self.on_event(message);
     }
 
-    /// Handles a frame that answers no outstanding request: pushed events and late replies.
+    /// Handles a frame that matches no outstanding request: pushed events and late replies.
     pub(super) fn on_event(&mut self, message: Message) {
         let account = self.config.account_id;
         match message {
@@ -223,8 +223,8 @@ impl Driver {
                 }
             }
             Job::Details(ids) => {
-                // Without digits no price can be shown; the subscribes waiting on these ids will
-                // report the symbols as failed when their turn comes.
+                // Without digits no price can be shown. The subscribes waiting on these ids report
+                // their symbols as failed when their turn comes.
                 tracing::warn!(?ids, code = %error.code, "symbol details request failed");
             }
             Job::Unsubscribe(ids) => {
@@ -239,10 +239,10 @@ impl Driver {
         match &self.token_file {
             Some(file) => match file.persist(&self.tokens) {
                 Ok(()) => tracing::info!(path = %file.path().display(), "refreshed tokens saved"),
-                // The refresh token is single-use; losing the new one means a manual re-authorisation.
-                Err(error) => tracing::error!(path = %file.path().display(), %error, "saving refreshed tokens failed; they live only in memory until the process ends"),
+                // The refresh token is single-use, so losing the new one means authorising again by hand.
+                Err(error) => tracing::error!(path = %file.path().display(), %error, "saving refreshed tokens failed, so they are kept in memory only; fix the token file before a restart"),
             },
-            None => tracing::warn!("tokens refreshed but no token file is configured; they live only in memory"),
+            None => tracing::warn!("tokens refreshed but no token file is configured, so they are kept in memory only; set --token-file"),
         }
         self.inputs.push_back(Input::TokenRefreshed);
     }

@@ -104,14 +104,14 @@ impl Driver {
         for id in ids {
             self.details.remove(id);
         }
-        let wanted: Vec<i64> = ids
+        let subscribed: Vec<i64> = ids
             .iter()
             .copied()
             .filter(|id| self.symbols.name_of(*id).is_some_and(|name| self.subscriptions.is_wanted(name)))
             .collect();
-        if !wanted.is_empty() && self.restored {
-            tracing::info!(ids = ?wanted, "symbol details changed, refetching");
-            self.queue.push(Job::Details(wanted));
+        if !subscribed.is_empty() && self.restored {
+            tracing::info!(ids = ?subscribed, "symbol details changed, refetching");
+            self.queue.push(Job::Details(subscribed));
         }
     }
 
