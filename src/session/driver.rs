@@ -130,6 +130,11 @@ struct Driver {
     /// the feed moving and is fed to the machine as a plain frame.
     awaiting_snapshot: HashSet<i64>,
     tokens: Tokens,
+    /// The account session on the current connection is authorised.
+    account_authorised: bool,
+    /// A refresh replaced the token of an authorised session, so the server's invalidation of
+    /// that session is expected and is not a new reason to refresh.
+    expect_invalidation: bool,
     token_file: Option<TokenFile>,
     has_refresh_token: bool,
 
@@ -158,6 +163,8 @@ impl Driver {
             queue: RequestQueue::new(config.subscribe_concurrency, config.subscribe_spacing.as_millis() as u64),
             has_refresh_token: config.refresh_token.is_some(),
             tokens,
+            account_authorised: false,
+            expect_invalidation: false,
             token_file,
             tls,
             commands: ends.commands,
@@ -391,6 +398,8 @@ impl Driver {
         self.book.clear();
         self.awaiting_snapshot.clear();
         self.restored = false;
+        self.account_authorised = false;
+        self.expect_invalidation = false;
         self.publish_status();
     }
 

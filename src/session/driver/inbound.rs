@@ -64,7 +64,13 @@ impl Driver {
             }
             Message::AccountsTokenInvalidatedEvent(event) => {
                 self.inputs.push_back(Input::Frame);
-                if event.ctid_trader_account_ids.is_empty() || event.ctid_trader_account_ids.contains(&account) {
+                let ours = event.ctid_trader_account_ids.is_empty() || event.ctid_trader_account_ids.contains(&account);
+                if ours && self.expect_invalidation {
+                    // Our own refresh ended the session opened with the old token; the machine
+                    // is already authorising again with the new one.
+                    self.expect_invalidation = false;
+                    tracing::info!(state = %self.machine.state(), "session with the replaced token ended after the refresh");
+                } else if ours {
                     let reason = event.reason.unwrap_or_else(|| "no reason given".into());
                     tracing::warn!(state = %self.machine.state(), %reason, "access token invalidated");
                     self.inputs.push_back(Input::TokenInvalidated { reason });
@@ -141,7 +147,10 @@ impl Driver {
 
         match (pending, message) {
             (Pending::AppAuth, Message::ApplicationAuthRes) => self.inputs.push_back(Input::AppAuthOk),
-            (Pending::AccountAuth, Message::AccountAuthRes(_)) => self.inputs.push_back(Input::AccountAuthOk),
+            (Pending::AccountAuth, Message::AccountAuthRes(_)) => {
+                self.account_authorised = true;
+                self.inputs.push_back(Input::AccountAuthOk);
+            }
             (Pending::RefreshToken, Message::RefreshTokenRes(response)) => self.on_token_refreshed(response),
             (Pending::SymbolsList, Message::SymbolsListRes(response)) => {
                 self.symbols = SymbolTable::from_light_symbols(&response.symbol);
@@ -235,6 +244,10 @@ impl Driver {
 
     pub(super) fn on_token_refreshed(&mut self, response: pb::ProtoOaRefreshTokenRes) {
         self.tokens = Tokens { access_token: response.access_token, refresh_token: response.refresh_token };
+        // cTrader ends sessions opened with the replaced token and says so with an
+        // AccountsTokenInvalidatedEvent, which must not trigger another refresh.
+        self.expect_invalidation = self.account_authorised;
+        self.account_authorised = false;
         self.has_refresh_token = !self.tokens.refresh_token.is_empty();
         match &self.token_file {
             Some(file) => match file.persist(&self.tokens) {

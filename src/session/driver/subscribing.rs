@@ -58,7 +58,11 @@ impl Driver {
     /// Re-sends the whole desired set on a fresh connection: details first for symbols not yet
     /// cached, then one subscribe per symbol.
     pub(super) fn restore_subscriptions(&mut self) {
+        // The machine also restores after re-authorising on an open connection, when the server
+        // has dropped the old session's subscriptions, so nothing confirmed earlier counts.
         self.restored = true;
+        self.subscriptions.clear_upstream();
+        self.awaiting_snapshot.clear();
         let desired: Vec<Arc<str>> = self.subscriptions.desired().to_vec();
         tracing::info!(count = desired.len(), "restoring subscriptions");
         let mut failed = Vec::new();
@@ -80,6 +84,9 @@ impl Driver {
             self.queue.push(Job::Details(batch.to_vec()));
         }
         for job in jobs {
+            if let Job::Subscribe { name, .. } = &job {
+                self.queue.cancel_subscribe(name);
+            }
             self.queue.push(job);
         }
         for name in failed {
