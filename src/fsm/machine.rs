@@ -39,8 +39,8 @@ use super::{Action, AuthStep, Config, Input, LogLevel, Millis, Request, StateNam
 const TOKEN_EXPIRED_CODES: [&str; 2] = ["OA_AUTH_TOKEN_EXPIRED", "CH_ACCESS_TOKEN_INVALID"];
 
 /// The connection state machine. Pure: it reads no clock, opens no socket and draws no random
-/// numbers except from the seeded jitter generator. It never receives secrets either: the
-/// driver keeps the tokens and the machine only asks for requests by name.
+/// numbers except from the seeded jitter generator. It never receives secrets either, because
+/// the driver keeps the tokens and the machine only names the requests to send.
 ///
 /// Feed every input with [`Machine::handle`], then perform the appended actions in order.
 #[derive(Clone, Debug)]
@@ -72,8 +72,8 @@ impl Machine {
         Self { inner }
     }
 
-    /// Feeds one input at time `now`; appends the resulting actions to `out` (no allocation
-    /// per call when `out` is reused, except on transitions and log lines).
+    /// Feeds one input at time `now` and appends the resulting actions to `out`. A reused `out`
+    /// means no allocation per call, except for transitions and log lines.
     ///
     /// A `TimerFired` for a timer that is not armed (the driver raced a cancel) is ignored with
     /// a warning. One that fires before its deadline is re-scheduled for that deadline.
@@ -152,7 +152,7 @@ pub(crate) struct Shape {
     token_refresh_spent: bool,
 }
 
-/// The response Authenticating awaits, which says where it stands in the auth sequence.
+/// The response Authenticating awaits, which marks its place in the auth sequence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Awaiting {
     Application,
@@ -177,8 +177,8 @@ pub(crate) struct Context<'a> {
     now: Millis,
     input: &'a Input,
     out: &'a mut Vec<Action>,
-    /// Why the machine is entering the target state; set by the handler that returns the
-    /// transition and published by `after_transition`.
+    /// The reason for entering the target state. The handler that returns the transition sets
+    /// it, and `after_transition` publishes it.
     reason: Option<String>,
 }
 
@@ -636,7 +636,7 @@ impl Connection {
         }));
     }
 
-    /// Records a failure and moves to Backoff with the next delay. `close` says whether the
+    /// Records a failure and moves to Backoff with the next delay. Pass `close` when the
     /// transport may still be open and must be closed.
     fn fail(&mut self, context: &mut Context<'_>, close: bool, level: LogLevel, reason: String) -> Outcome<State> {
         if close {

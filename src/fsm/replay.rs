@@ -31,7 +31,7 @@ pub struct Replay {
     pub timeline: Vec<TimelineEntry>,
 }
 
-/// Why a replay stopped.
+/// The reason a replay stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     #[error(transparent)]
@@ -41,7 +41,7 @@ pub enum ReplayError {
 }
 
 impl ReplayError {
-    /// The 1-based journal line where the replay stopped.
+    /// Returns the 1-based journal line where the replay stopped.
     pub fn line(&self) -> usize {
         match self {
             ReplayError::Journal(error) => error.line(),
