@@ -12,7 +12,7 @@ use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
 use tickgate::fsm::backoff::base_delay;
 use tickgate::fsm::{Action, AuthStep, Config, Input, Machine, Millis, Request, StateName, StatusChange, Timer};
 
-/// Scenarios per property. Each runs in well under a millisecond.
+/// Random scenarios per property.
 const SCENARIOS: u64 = 400;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
