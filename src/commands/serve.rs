@@ -22,13 +22,14 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// Address of the WebSocket and HTTP listener; a bare port means 127.0.0.1:PORT.
-    #[arg(long, env = "TICKGATE_LISTEN", default_value = "127.0.0.1:8080", value_parser = listen_addr)]
-    pub listen: SocketAddr,
+    /// Address of the WebSocket and HTTP listener, such as 127.0.0.1:8080 (the default).
+    #[arg(long, env = "TICKGATE_LISTEN")]
+    pub listen: Option<String>,
 
-    /// Port of the WebSocket and HTTP listener on 127.0.0.1; `--listen` takes precedence.
-    #[arg(long = "ws-port", env = "WS_PORT", hide = true)]
-    pub ws_port: Option<u16>,
+    /// Port of the listener on 127.0.0.1, for compatibility with the Node backend's variable;
+    /// `--listen` takes precedence.
+    #[arg(long = "ws-port", env = "WS_PORT")]
+    pub ws_port: Option<String>,
 
     #[command(flatten)]
     pub connection: ConnectionArgs,
@@ -60,29 +61,25 @@ pub struct GatewayArgs {
     pub client_token: Option<String>,
 
     /// Largest client message accepted, in bytes.
-    #[arg(long, env = "TICKGATE_MAX_MESSAGE_BYTES", default_value_t = 4096)]
+    #[arg(long, env = "TICKGATE_MAX_MESSAGE_BYTES", default_value_t = GatewayConfig::default().max_message_bytes)]
     pub max_message_bytes: usize,
 
     /// Most symbols one client may subscribe to.
-    #[arg(long, env = "TICKGATE_MAX_SUBSCRIPTIONS", default_value_t = 100)]
+    #[arg(long, env = "TICKGATE_MAX_SUBSCRIPTIONS", default_value_t = GatewayConfig::default().max_subscriptions_per_client)]
     pub max_subscriptions: usize,
 
     /// Frames queued for one client before it counts as slow and is closed with 4002.
-    #[arg(long, env = "TICKGATE_CLIENT_QUEUE", default_value_t = 1024)]
+    #[arg(long, env = "TICKGATE_CLIENT_QUEUE", default_value_t = GatewayConfig::default().client_queue_capacity)]
     pub client_queue: usize,
 
     /// Most WebSocket clients at once.
-    #[arg(long, env = "TICKGATE_MAX_CLIENTS", default_value_t = 10_000)]
+    #[arg(long, env = "TICKGATE_MAX_CLIENTS", default_value_t = GatewayConfig::default().max_clients)]
     pub max_clients: usize,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let listen = match (args.ws_port, std::env::var_os("TICKGATE_LISTEN")) {
-        (Some(port), None) if args.listen == SocketAddr::from(([127, 0, 0, 1], 8080)) => {
-            SocketAddr::from(([127, 0, 0, 1], port))
-        }
-        _ => args.listen,
-    };
+    let listen = gateway::resolve_listen(args.listen.as_deref(), args.ws_port.as_deref())
+        .map_err(|error| UsageError(error.to_string()))?;
     let credentials = args.connection.credentials().map_err(UsageError)?;
 
     // 1. Bind first, so a taken port fails before anything connects upstream.
