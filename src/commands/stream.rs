@@ -61,28 +61,38 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<()> {
     config.fsm = args.timing.fsm_config(config.refresh_token.is_some());
     config.journal = args.journal.clone();
 
-    let result = stream(config, args.symbols, args.json).await;
+    let stop = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C, streaming until the session stops");
+            std::future::pending::<()>().await;
+        }
+    };
+    let result = stream(config, args.symbols, args.json, std::io::stdout(), stop).await;
     if let Some(simulator) = simulator {
         simulator.shutdown().await;
     }
     result
 }
 
-async fn stream(config: SessionConfig, symbols: Vec<String>, json: bool) -> anyhow::Result<()> {
+/// Runs a session for `symbols` and writes one line per tick, status change and subscription
+/// failure to `out` until `stop` resolves or the session ends.
+pub async fn stream<W: Write>(
+    config: SessionConfig,
+    symbols: Vec<String>,
+    json: bool,
+    mut out: W,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let (handle, task) = session::spawn(config);
     let mut events = handle.events();
     handle.subscribe(symbols).await?;
 
-    let stdout = std::io::stdout();
+    tokio::pin!(stop);
     loop {
         tokio::select! {
-            signal = tokio::signal::ctrl_c() => {
-                signal?;
-                break;
-            }
+            () = &mut stop => break,
             event = events.recv() => match event {
                 Ok(event) => {
-                    let mut out = stdout.lock();
                     if let Some(line) = format_event(&event, json) {
                         writeln!(out, "{line}")?;
                         out.flush()?;
@@ -96,7 +106,16 @@ async fn stream(config: SessionConfig, symbols: Vec<String>, json: bool) -> anyh
 
     // The session may already have stopped (for example on an invalid configuration).
     let _ = handle.shutdown().await;
-    task.await??;
+    let result = task.await;
+
+    // Print what happened during shutdown, such as the final state change.
+    while let Ok(event) = events.try_recv() {
+        if let Some(line) = format_event(&event, json) {
+            writeln!(out, "{line}")?;
+        }
+    }
+    out.flush()?;
+    result??;
     Ok(())
 }
 
