@@ -78,7 +78,11 @@ async fn connection_fault_recovers(fault: Fault, reason_contains: &str) {
 
     let path = running.probe.path_since(mark);
     assert_passes(&path, &[Backoff, Connecting, Authenticating, Streaming]);
-    assert_eq!(fixture.sim.stats().connections_total, connections_before + 1, "one reconnect for {fault:?}");
+    let stats = fixture.sim.stats();
+    assert_eq!(stats.connections_total, connections_before + 1, "one reconnect for {fault:?}");
+    // Symbol details are cached across reconnects; the symbol list is fetched on each connect.
+    assert_eq!(stats.requests_by_type.get("ProtoOASymbolByIdReq"), Some(&1), "{:?}", stats.requests_by_type);
+    assert_eq!(stats.requests_by_type.get("ProtoOASymbolsListReq"), Some(&2), "{:?}", stats.requests_by_type);
     let reasons: Vec<_> = running.probe.statuses.iter().filter_map(|s| s.reason.clone()).collect();
     assert!(reasons.iter().any(|r| r.contains(reason_contains)), "no reason with {reason_contains:?} in {reasons:?}");
     finish(fixture, running).await;

@@ -173,3 +173,42 @@ async fn invalid_config_ends_task_with_error() {
     assert!(error.contains("CTRADER_CLIENT_SECRET"), "{error}");
     fixture.sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_certificate_names_host() {
+    let fixture = Fixture::start(|_| {}).await;
+    let mut config = fixture.session_config();
+    config.ca_file = None;
+    let (handle, task, mut probe) = spawn_session(config);
+
+    probe
+        .wait_until("backoff for the untrusted certificate", session_support::WAIT, |p| {
+            p.statuses.iter().any(|s| s.state == StateName::Backoff && s.reason.is_some())
+        })
+        .await;
+
+    let reason = probe.statuses.iter().find_map(|s| s.reason.clone()).unwrap();
+    assert!(reason.contains("localhost"), "{reason}");
+    assert!(reason.contains("--ca-file"), "{reason}");
+    assert_eq!(fixture.sim.stats().connections_total, 0, "no TLS session was established");
+    handle.shutdown().await.unwrap();
+    task.await.unwrap().unwrap();
+    fixture.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulator_config_trusts_in_memory_ca() {
+    let fixture = Fixture::start(|_| {}).await;
+    let mut config = tickgate::session::SessionConfig::for_simulator(&fixture.sim);
+    config.fsm = session_support::fast_fsm();
+    config.fsm.has_refresh_token = true;
+    assert_eq!(config.ca_file, None);
+    let (handle, task, mut probe) = spawn_session(config);
+
+    handle.subscribe(vec!["EURUSD".into()]).await.unwrap();
+    probe.wait_ticks(&["EURUSD"], 2).await;
+
+    handle.shutdown().await.unwrap();
+    task.await.unwrap().unwrap();
+    fixture.sim.shutdown().await;
+}
