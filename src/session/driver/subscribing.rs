@@ -25,9 +25,7 @@ impl Driver {
         }
         tracing::info!(symbols = ?added, "subscribe requested");
         if self.restored {
-            for name in added {
-                self.queue_subscribe(name);
-            }
+            self.queue_symbols(added);
         }
         self.subscriptions_changed();
     }
@@ -65,10 +63,16 @@ impl Driver {
         self.awaiting_snapshot.clear();
         let desired: Vec<Arc<str>> = self.subscriptions.desired().to_vec();
         tracing::info!(count = desired.len(), "restoring subscriptions");
+        self.queue_symbols(desired);
+    }
+
+    /// Queues subscribes for `names` in order, after one batched details request for the symbols
+    /// whose digits are not cached yet. Names missing from the symbol list fail at once.
+    fn queue_symbols(&mut self, names: Vec<Arc<str>>) {
         let mut failed = Vec::new();
         let mut missing_details = Vec::new();
         let mut jobs = Vec::new();
-        for name in desired {
+        for name in names {
             match self.symbols.get(&name) {
                 Some(entry) => {
                     if !self.details.contains_key(&entry.id) {
@@ -92,19 +96,6 @@ impl Driver {
         for name in failed {
             self.fail_symbol(&name, "SYMBOL_NOT_FOUND", "not in the broker's symbol list");
         }
-    }
-
-    /// Queues one symbol on a connection that is already streaming.
-    pub(super) fn queue_subscribe(&mut self, name: Arc<str>) {
-        let Some(entry) = self.symbols.get(&name) else {
-            self.fail_symbol(&name, "SYMBOL_NOT_FOUND", "not in the broker's symbol list");
-            return;
-        };
-        let id = entry.id;
-        if !self.details.contains_key(&id) {
-            self.queue.push(Job::Details(vec![id]));
-        }
-        self.queue.push(Job::Subscribe { name, id });
     }
 
     pub(super) fn refetch_details(&mut self, ids: &[i64]) {
