@@ -373,3 +373,47 @@ async fn second_session_on_same_account_is_closed() {
     first.task.await.unwrap().unwrap();
     fixture.sim.shutdown().await;
 }
+
+/// Refreshes the account's token from another connection, as a second process with the same
+/// refresh token would; the server then ends sessions opened with the old access token.
+async fn refresh_token_elsewhere(fixture: &Fixture) {
+    use futures_util::{SinkExt, StreamExt};
+    use tickgate::protocol::{pb, FrameCodec, Message};
+    use tickgate::session::transport;
+
+    let tls = transport::tls_config(Some(&fixture.ca_file)).unwrap();
+    let stream = transport::connect("127.0.0.1", fixture.sim.addr().port(), fixture.sim.server_name(), tls).await.unwrap();
+    let mut framed = tokio_util::codec::Framed::new(stream, FrameCodec::default());
+    let config = fixture.sim.config().clone();
+    let requests = [
+        Message::ApplicationAuthReq(pb::ProtoOaApplicationAuthReq {
+            client_id: config.client_id.clone(),
+            client_secret: config.client_secret.clone(),
+            ..Default::default()
+        }),
+        Message::RefreshTokenReq(pb::ProtoOaRefreshTokenReq { refresh_token: config.refresh_token.clone(), ..Default::default() }),
+    ];
+    for request in requests {
+        framed.send(request.encode(Some("raw".into()))).await.unwrap();
+        let reply = framed.next().await.unwrap().unwrap();
+        let reply = Message::decode(&reply).unwrap();
+        assert!(tickgate::protocol::ApiError::from_message(&reply).is_none(), "{reply:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_invalidated_event_is_reported() {
+    let fixture = Fixture::start(|_| {}).await;
+    let mut running = start_streaming(&fixture, fixture.session_config()).await;
+
+    refresh_token_elsewhere(&fixture).await;
+
+    // Without a refresh token of its own the machine cannot recover and says why.
+    running
+        .probe
+        .wait_until("backoff after the invalidation", WAIT, |p| {
+            p.statuses.iter().any(|s| s.state == Backoff && s.reason.as_deref().is_some_and(|r| r.contains("Access token was refreshed")))
+        })
+        .await;
+    finish(fixture, running).await;
+}
