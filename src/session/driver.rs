@@ -245,7 +245,12 @@ impl Driver {
             let journal_input = self.journal.is_some().then(|| input.clone());
             self.machine.handle(now, input, &mut actions);
             if let (Some(journal), Some(input)) = (&mut self.journal, journal_input) {
-                journal.record(now, &input, from, self.machine.state(), &actions);
+                let to = self.machine.state();
+                journal.record(now, &input, from, to, &actions);
+                // Flushing on each transition keeps the interesting lines even if the process dies.
+                if from != to {
+                    journal.flush();
+                }
             }
             for action in actions.drain(..) {
                 self.perform(action, now);
