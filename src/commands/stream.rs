@@ -15,7 +15,7 @@ use crate::session::{self, SessionConfig, SessionEvent, SessionStatus};
 use crate::simulator::{SimulatorConfig, SimulatorHandle};
 
 /// Prints live ticks for the given symbols, and a line for each connection state change.
-#[derive(clap::Args)]
+#[derive(clap::Args, Debug)]
 pub struct StreamArgs {
     /// Symbols to stream, such as EURUSD USDJPY (also `EUR/USD`; commas separate too).
     #[arg(required = true, value_delimiter = ',')]
