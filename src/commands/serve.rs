@@ -14,11 +14,14 @@ use tracing::{info, warn};
 use super::connection::{listen_addr, ConnectionArgs, TimingArgs};
 use super::UsageError;
 use crate::gateway::{self, GatewayConfig};
-use crate::session::{self, SessionConfig};
+use crate::session::{self, SessionConfig, SessionHandle};
 use crate::simulator::{SimulatorConfig, SimulatorHandle};
 
 /// How long shutdown may take before the process gives up waiting for the session.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How long start-up waits for the gateway's hub to subscribe to session events.
+const HUB_START_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -120,8 +123,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     session_config.fsm = args.timing.fsm_config(session_config.refresh_token.is_some());
     session_config.journal = args.journal.clone();
 
-    // 3. Start the session, then the gateway in front of it.
-    let (session, session_task) = session::spawn(session_config);
+    // 3. Start the gateway, then the session behind it. The gateway's hub must subscribe to
+    //    session events before the driver starts, or the first transitions (Disconnected to
+    //    Connecting and on) would be missing from /metrics and the dashboard's history.
+    let (session, ends) = SessionHandle::channel(session_config.event_capacity.max(1));
     let gateway_config = GatewayConfig {
         client_token: args.gateway.client_token.clone(),
         max_message_bytes: args.gateway.max_message_bytes,
@@ -130,12 +135,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_clients: args.gateway.max_clients,
         ..GatewayConfig::default()
     };
-
-    print_urls(local, simulator.as_ref());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let gateway_task = tokio::spawn(gateway::serve(listener, session.clone(), gateway_config, async move {
         let _ = stop_rx.await;
     }));
+    let subscribed = async {
+        while ends.events.receiver_count() == 0 && !gateway_task.is_finished() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    if tokio::time::timeout(HUB_START_TIMEOUT, subscribed).await.is_err() {
+        warn!(timeout_ms = HUB_START_TIMEOUT.as_millis() as u64, "gateway hub did not subscribe in time; early transitions may be missing");
+    }
+    let session_task = tokio::spawn(session::driver::run(session_config, ends));
+    print_urls(local, simulator.as_ref());
 
     // 4. Run until SIGINT or SIGTERM, then stop in order: clients, upstream, simulator.
     shutdown_signal().await;

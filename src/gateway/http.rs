@@ -47,6 +47,7 @@ pub(crate) fn router(state: Arc<GatewayState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/admin/reconnect", post(admin_reconnect))
         .route("/api/transitions", get(transitions))
+        .route("/api/diagram", get(diagram))
         .with_state(state)
 }
 
@@ -232,6 +233,14 @@ async fn admin_reconnect(
 async fn transitions(State(state): State<Arc<GatewayState>>) -> Json<Vec<TransitionView>> {
     let history = state.transitions.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     Json(history.iter().cloned().collect())
+}
+
+/// Serves the state diagram derived from the machine, for the dashboard to draw. It is explored
+/// once per process because the machine's shape cannot change while it runs.
+async fn diagram() -> Response {
+    static DIAGRAM_JSON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let body = DIAGRAM_JSON.get_or_init(|| crate::fsm::diagram::explore().to_json());
+    ([(header::CONTENT_TYPE, "application/json")], body.clone()).into_response()
 }
 
 #[cfg(test)]
