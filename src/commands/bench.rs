@@ -249,6 +249,8 @@ async fn run_against(
     tokio::time::sleep(Duration::from_secs_f64(args.warmup_s)).await;
 
     let spot_events_before = simulator.stats().spot_events_sent;
+    let clock_ticks_per_s = gateway::clock_ticks_per_s();
+    let bench_before = gateway::sample_process("self", clock_ticks_per_s)?;
     let before = gateway.sample()?;
     let window_start = Instant::now();
     window.open(clients::unix_now_us());
@@ -257,6 +259,7 @@ async fn run_against(
     window.close(clients::unix_now_us());
     let window_s = window_start.elapsed().as_secs_f64();
     let after = gateway.sample()?;
+    let bench_after = gateway::sample_process("self", clock_ticks_per_s)?;
     let spot_events_after = simulator.stats().spot_events_sent;
     info!(window_s, "measurement window closed");
 
@@ -336,6 +339,7 @@ async fn run_against(
     gateway.stop().await;
 
     // 6. Put the numbers together.
+    let samples = Samples { idle, with_idle_clients, before, after, bench_before, bench_after };
     let upstream_ticks_per_s = spot_events_after.saturating_sub(spot_events_before) as f64 / window_s;
     let expected_per_s = upstream_ticks_per_s * args.clients as f64;
     let delivered_per_s = delivered as f64 / window_s;
@@ -369,35 +373,37 @@ async fn run_against(
             latency_us: Percentiles::from_histogram(&latency),
             latency_resolution_us: TIMESTAMP_RESOLUTION_US,
         },
-        gateway: gateway_usage(pid, idle, with_idle_clients, before, after, window_s, delivered, connected),
+        gateway: gateway_usage(pid, &samples, window_s, delivered, connected),
         slow_clients: slow,
         detection: Detection { thresholds, rounds },
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn gateway_usage(
-    pid: u32,
+/// Readings of the gateway process, and of the bench process around the window.
+struct Samples {
     idle: ProcessSample,
     with_idle_clients: ProcessSample,
     before: ProcessSample,
     after: ProcessSample,
-    window_s: f64,
-    delivered: u64,
-    clients: usize,
-) -> GatewayUsage {
-    let cpu_s = (after.cpu_s - before.cpu_s).max(0.0);
-    let per_client = (with_idle_clients.rss_kib as f64 - idle.rss_kib as f64) / clients as f64;
+    bench_before: ProcessSample,
+    bench_after: ProcessSample,
+}
+
+fn gateway_usage(pid: u32, samples: &Samples, window_s: f64, delivered: u64, clients: usize) -> GatewayUsage {
+    let cpu_s = (samples.after.cpu_s - samples.before.cpu_s).max(0.0);
+    let bench_cpu_s = (samples.bench_after.cpu_s - samples.bench_before.cpu_s).max(0.0);
+    let per_client = (samples.with_idle_clients.rss_kib as f64 - samples.idle.rss_kib as f64) / clients as f64;
     GatewayUsage {
         pid,
         cpu_s,
         cpu_cores: cpu_s / window_s,
+        bench_process_cpu_cores: bench_cpu_s / window_s,
         cpu_s_per_million_messages: if delivered > 0 { cpu_s / (delivered as f64 / 1e6) } else { 0.0 },
-        rss_idle_kib: idle.rss_kib,
-        rss_with_idle_clients_kib: with_idle_clients.rss_kib,
+        rss_idle_kib: samples.idle.rss_kib,
+        rss_with_idle_clients_kib: samples.with_idle_clients.rss_kib,
         rss_per_idle_client_kib: per_client,
-        rss_under_load_kib: after.rss_kib,
-        rss_peak_kib: after.peak_rss_kib,
+        rss_under_load_kib: samples.after.rss_kib,
+        rss_peak_kib: samples.after.peak_rss_kib,
     }
 }
 

@@ -24,6 +24,11 @@ const RECOVERY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Interval at which the simulator's connection count is read while waiting for a reconnect.
 const STATS_POLL_INTERVAL: Duration = Duration::from_millis(2);
 
+/// Ticks the monitor waits for before injecting a fault. The first spot event after a
+/// subscription is the server's snapshot of the current price, which the session does not count
+/// as a live tick, so a fault right after it would be measured from the wrong tick.
+const FLOWING_TICKS: u32 = 3;
+
 /// Capacity of the queue between the monitor's socket reader and the detection logic.
 const EVENT_QUEUE: usize = 65_536;
 
@@ -156,13 +161,19 @@ impl Monitor {
         }
     }
 
-    /// Waits until the status is `connected` and a tick has arrived after that.
+    /// Waits until the status is `connected` and [`FLOWING_TICKS`] ticks have arrived after that.
     async fn wait_flowing(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
+        let mut ticks = 0;
         loop {
-            let event = self.next_event(deadline, "status \"connected\" and a tick").await?;
-            if matches!(event, MonitorEvent::Tick { .. }) && self.status.as_deref() == Some("connected") {
-                return Ok(());
+            let event = self.next_event(deadline, "status \"connected\" and ticks").await?;
+            if self.status.as_deref() != Some("connected") {
+                ticks = 0;
+            } else if matches!(event, MonitorEvent::Tick { .. }) {
+                ticks += 1;
+                if ticks >= FLOWING_TICKS {
+                    return Ok(());
+                }
             }
         }
     }

@@ -205,16 +205,7 @@ impl Gateway {
 
     /// Reads the gateway's CPU time and memory from `/proc`.
     pub fn sample(&self) -> anyhow::Result<ProcessSample> {
-        let stat_path = format!("/proc/{}/stat", self.pid);
-        let stat = std::fs::read_to_string(&stat_path).with_context(|| format!("cannot read {stat_path}"))?;
-        let cpu_ticks = parse_cpu_ticks(&stat).with_context(|| format!("unexpected format of {stat_path}"))?;
-
-        let status_path = format!("/proc/{}/status", self.pid);
-        let status = std::fs::read_to_string(&status_path).with_context(|| format!("cannot read {status_path}"))?;
-        let rss_kib = parse_status_kib(&status, "VmRSS").with_context(|| format!("no VmRSS in {status_path}"))?;
-        let peak_rss_kib = parse_status_kib(&status, "VmHWM").unwrap_or(rss_kib);
-
-        Ok(ProcessSample { cpu_s: cpu_ticks as f64 / self.clock_ticks_per_s, rss_kib, peak_rss_kib })
+        sample_process(&self.pid.to_string(), self.clock_ticks_per_s)
     }
 
     /// Returns the last lines of the gateway's log, for error messages.
@@ -233,6 +224,20 @@ impl Gateway {
             Err(_) => debug!(pid = self.pid, "gateway did not exit within 5 s of SIGKILL"),
         }
     }
+}
+
+/// Reads CPU time and memory of process `pid` (a number, or `self`) from `/proc`.
+pub fn sample_process(pid: &str, clock_ticks_per_s: f64) -> anyhow::Result<ProcessSample> {
+    let stat_path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&stat_path).with_context(|| format!("cannot read {stat_path}"))?;
+    let cpu_ticks = parse_cpu_ticks(&stat).with_context(|| format!("unexpected format of {stat_path}"))?;
+
+    let status_path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&status_path).with_context(|| format!("cannot read {status_path}"))?;
+    let rss_kib = parse_status_kib(&status, "VmRSS").with_context(|| format!("no VmRSS in {status_path}"))?;
+    let peak_rss_kib = parse_status_kib(&status, "VmHWM").unwrap_or(rss_kib);
+
+    Ok(ProcessSample { cpu_s: cpu_ticks as f64 / clock_ticks_per_s, rss_kib, peak_rss_kib })
 }
 
 /// Returns the unlabelled samples of a Prometheus text exposition.
@@ -266,7 +271,7 @@ fn parse_status_kib(status: &str, name: &str) -> Option<u64> {
 }
 
 /// Returns the kernel's clock tick rate (USER_HZ), the unit of CPU times in `/proc/PID/stat`.
-fn clock_ticks_per_s() -> f64 {
+pub fn clock_ticks_per_s() -> f64 {
     let output = std::process::Command::new("getconf").arg("CLK_TCK").output();
     match output.ok().and_then(|out| String::from_utf8(out.stdout).ok()?.trim().parse::<f64>().ok()) {
         Some(hz) if hz > 0.0 => hz,

@@ -109,6 +109,9 @@ pub struct GatewayUsage {
     pub cpu_s: f64,
     /// Share of one core the gateway used in the window.
     pub cpu_cores: f64,
+    /// Share of one core the bench process (simulator and clients) used in the window. Near
+    /// the machine's core count minus the gateway's share, the clients are the bottleneck.
+    pub bench_process_cpu_cores: f64,
     pub cpu_s_per_million_messages: f64,
     /// RSS once the session is streaming, before any client connects.
     pub rss_idle_kib: u64,
@@ -166,6 +169,7 @@ impl BenchReport {
             ("latency max", format!("{} µs", l.latency_us.max)),
             ("latency samples", format!("{} (timestamps in whole ms: each sample up to {} µs high)", l.latency_us.samples, l.latency_resolution_us)),
             ("gateway CPU", format!("{:.2} s ({:.2} cores)", g.cpu_s, g.cpu_cores)),
+            ("bench process CPU", format!("{:.2} cores (simulator and clients)", g.bench_process_cpu_cores)),
             ("gateway CPU per 1M messages", format!("{:.3} s", g.cpu_s_per_million_messages)),
             ("gateway RSS idle", format!("{} KiB", g.rss_idle_kib)),
             ("gateway RSS per idle client", format!("{:.1} KiB", g.rss_per_idle_client_kib)),
