@@ -244,6 +244,7 @@ async fn run_against(
     info!(clients = connected, rss_kib = with_idle_clients.rss_kib, "clients connected");
 
     // 3. Subscribe everyone, warm up, then measure over the window.
+    let subscribed_at_us = clients::unix_now_us();
     phase_tx.send_replace(Phase::Subscribed);
     wait_until_subscribed(simulator, &symbols).await?;
     tokio::time::sleep(Duration::from_secs_f64(args.warmup_s)).await;
@@ -271,12 +272,18 @@ async fn run_against(
     let mut invalid_frames = 0;
     let mut fast_lost = 0;
     let mut fast_closed_slow = 0;
+    let mut delivered_whole_run = 0;
+    let mut first_lost_at_us: Option<u64> = None;
     for task in fast_tasks {
         let outcome = tokio::time::timeout_at(deadline, task)
             .await
             .context("clients did not finish in time")?
             .context("a client task failed")?;
         delivered += outcome.window_ticks;
+        delivered_whole_run += outcome.total_ticks;
+        if let Some(at_us) = outcome.ended_early_at_us {
+            first_lost_at_us = Some(first_lost_at_us.map_or(at_us, |first| first.min(at_us)));
+        }
         invalid_frames += outcome.invalid_frames;
         latency.add(&outcome.latency_us).context("cannot merge latency histograms")?;
         match outcome.end {
@@ -369,6 +376,8 @@ async fn run_against(
             invalid_frames,
             fast_clients_lost: fast_lost,
             fast_clients_closed_4002: fast_closed_slow,
+            first_client_lost_after_s: first_lost_at_us.map(|at_us| at_us.saturating_sub(subscribed_at_us) as f64 / 1e6),
+            delivered_messages_whole_run: delivered_whole_run,
             hub_lagged_events,
             latency_us: Percentiles::from_histogram(&latency),
             latency_resolution_us: TIMESTAMP_RESOLUTION_US,

@@ -94,6 +94,8 @@ pub struct ClientOutcome {
     /// Receive time minus the tick's `timestamp`, in microseconds, for window ticks.
     pub latency_us: Histogram<u64>,
     pub end: ClientEnd,
+    /// Unix microseconds when the connection ended early (closed by the gateway or lost).
+    pub ended_early_at_us: Option<u64>,
 }
 
 /// Returns the current Unix time in microseconds.
@@ -157,6 +159,7 @@ pub async fn run_fast_client(
         invalid_frames: 0,
         latency_us: new_latency_histogram(),
         end: ClientEnd::ClosedByClient,
+        ended_early_at_us: None,
     };
 
     loop {
@@ -178,15 +181,18 @@ pub async fn run_fast_client(
                 Some(Ok(Message::Text(text))) => record_text(&text, &window, &mut outcome),
                 Some(Ok(Message::Close(frame))) => {
                     outcome.end = ClientEnd::ClosedByGateway { code: frame.map_or(1005, |f| u16::from(f.code)) };
+                    outcome.ended_early_at_us = Some(unix_now_us());
                     return outcome;
                 }
                 Some(Ok(_)) => {}
                 Some(Err(error)) => {
                     outcome.end = ClientEnd::Lost { error: error.to_string() };
+                    outcome.ended_early_at_us = Some(unix_now_us());
                     return outcome;
                 }
                 None => {
                     outcome.end = ClientEnd::Lost { error: "connection ended without a close frame".into() };
+                    outcome.ended_early_at_us = Some(unix_now_us());
                     return outcome;
                 }
             }
@@ -300,6 +306,7 @@ mod tests {
             invalid_frames: 0,
             latency_us: new_latency_histogram(),
             end: ClientEnd::ClosedByClient,
+            ended_early_at_us: None,
         };
         let now_ms = (unix_now_us() / 1000) as i64;
         let tick = format!(r#"{{"type":"tick","symbol":"EURUSD","timestamp":{now_ms}}}"#);

@@ -31,6 +31,9 @@ pub struct Machine {
     pub cpu_model: String,
     pub memory_total_kib: u64,
     pub kernel: String,
+    /// The 1-minute load average when the run started; other work on the machine shares the
+    /// cores with the gateway and the clients.
+    pub load_average_1m: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -68,6 +71,11 @@ pub struct Load {
     pub fast_clients_lost: usize,
     /// Fast clients the gateway closed as slow (4002).
     pub fast_clients_closed_4002: usize,
+    /// Seconds from subscribing to the first fast client's early end; `None` when none ended.
+    pub first_client_lost_after_s: Option<f64>,
+    /// Tick messages all fast clients received from subscribing to the end of the window,
+    /// including the warm-up and any client lost on the way.
+    pub delivered_messages_whole_run: u64,
     /// Session events the gateway's fan-out hub lost by falling behind, from its `/metrics`;
     /// `None` when the metrics could not be read.
     pub hub_lagged_events: Option<u64>,
@@ -153,7 +161,15 @@ impl BenchReport {
         let g = &self.gateway;
         let m = &self.machine;
 
-        let _ = writeln!(out, "tickgate bench ({} build) on {} CPUs, {}, {} MiB", self.build, m.cpus, m.cpu_model, m.memory_total_kib / 1024);
+        let _ = writeln!(
+            out,
+            "tickgate bench ({} build) on {} CPUs, {}, {} MiB, load average {:.2} at start",
+            self.build,
+            m.cpus,
+            m.cpu_model,
+            m.memory_total_kib / 1024,
+            m.load_average_1m
+        );
         let _ = writeln!(
             out,
             "{} symbols x {} ticks/s, {} clients (+{} slow), {} s window after {} s warm-up",
@@ -174,7 +190,13 @@ impl BenchReport {
             ("gateway RSS idle", format!("{} KiB", g.rss_idle_kib)),
             ("gateway RSS per idle client", format!("{:.1} KiB", g.rss_per_idle_client_kib)),
             ("gateway RSS under load", format!("{} KiB (peak {} KiB)", g.rss_under_load_kib, g.rss_peak_kib)),
-            ("fast clients lost / closed 4002", format!("{} / {}", l.fast_clients_lost, l.fast_clients_closed_4002)),
+            (
+                "fast clients lost / closed 4002",
+                match l.first_client_lost_after_s {
+                    Some(after_s) => format!("{} / {} (first {after_s:.2} s after subscribing)", l.fast_clients_lost, l.fast_clients_closed_4002),
+                    None => format!("{} / {}", l.fast_clients_lost, l.fast_clients_closed_4002),
+                },
+            ),
             ("hub lagged events", l.hub_lagged_events.map_or("unknown".into(), |n| n.to_string())),
             (
                 "slow clients closed 4002",
@@ -194,6 +216,10 @@ impl BenchReport {
 
         let t = &self.detection.thresholds;
         let _ = writeln!(out);
+        if self.detection.rounds.is_empty() {
+            let _ = writeln!(out, "detection: skipped (--detection-rounds 0)");
+            return out;
+        }
         let _ = writeln!(
             out,
             "detection (stale after {} ms, liveness timeout {} ms, backoff base {} ms), per round:",
@@ -238,6 +264,10 @@ impl Machine {
             .map(|text| text.trim().to_string())
             .unwrap_or_else(|_| "unknown kernel".into());
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        Self { cpus, cpu_model, memory_total_kib, kernel }
+        let load_average_1m = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|text| text.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0);
+        Self { cpus, cpu_model, memory_total_kib, kernel, load_average_1m }
     }
 }
