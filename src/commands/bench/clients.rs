@@ -36,7 +36,7 @@ const MAX_LATENCY_US: u64 = 60_000_000;
 /// The close code the gateway sends to a client whose queue overflowed.
 pub const SLOW_CLIENT_CLOSE_CODE: u16 = 4002;
 
-/// What the clients should be doing; the orchestrator moves it forward.
+/// The stage of the run the clients are in; the orchestrator moves it forward.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
     /// Connected, no subscriptions: the gateway's memory per idle client is measured here.
@@ -72,7 +72,7 @@ impl Window {
     }
 }
 
-/// How a client's connection ended.
+/// The way a client's connection ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientEnd {
     /// The client closed it at the end of the run, as planned.
@@ -83,7 +83,7 @@ pub enum ClientEnd {
     Lost { error: String },
 }
 
-/// What one client measured.
+/// Measurements of one client.
 pub struct ClientOutcome {
     /// Ticks received inside the measurement window.
     pub window_ticks: u64,

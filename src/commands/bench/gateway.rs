@@ -40,7 +40,7 @@ const CLEARED_ENV: &[&str] = &[
     "WS_PORT",
 ];
 
-/// Where the gateway connects upstream, and with which credentials.
+/// The upstream address and credentials the gateway connects with.
 pub struct Upstream {
     pub addr: SocketAddr,
     /// Name the server certificate is checked against.
@@ -127,8 +127,8 @@ impl Gateway {
             clock_ticks_per_s: clock_ticks_per_s(),
         };
 
-        // The URL lines come first; the rest of stdout is drained so the child never blocks on
-        // a full pipe.
+        // The URL lines come first. A task drains the rest of stdout so the child cannot block
+        // on a full pipe.
         let mut lines = BufReader::new(stdout).lines();
         let found = tokio::time::timeout(STARTUP_TIMEOUT, async {
             for _ in 0..MAX_STARTUP_LINES {

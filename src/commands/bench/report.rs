@@ -245,7 +245,7 @@ impl BenchReport {
 }
 
 impl Machine {
-    /// Describes this machine from `/proc`; a field that cannot be read says so.
+    /// Describes this machine from `/proc`. A field that cannot be read is reported as unknown (or 0).
     pub fn describe() -> Self {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let cpu_model = cpuinfo

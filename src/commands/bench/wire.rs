@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-/// What a bench client takes from one JSON frame.
+/// The parts of one JSON frame that a bench client uses.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Frame {
     /// A tick; `timestamp_ms` is the simulator's send time in Unix milliseconds.
