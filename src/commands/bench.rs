@@ -329,6 +329,13 @@ async fn run_against(
     let counter = |name: &str| metrics.get(name).map(|value| *value as u64);
     slow.gateway_count = counter("tickgate_slow_client_disconnects_total");
     let hub_lagged_events = counter("tickgate_hub_lagged_events_total");
+    let gateway_mean_latency_to_write_ms = match (
+        metrics.get("tickgate_tick_latency_seconds_sum"),
+        metrics.get("tickgate_tick_latency_seconds_count"),
+    ) {
+        (Some(sum_s), Some(count)) if *count > 0.0 => Some(sum_s * 1000.0 / count),
+        _ => None,
+    };
 
     // 5. Fault detection, with one client watching the status frames.
     let thresholds = Thresholds {
@@ -380,6 +387,7 @@ async fn run_against(
             delivered_messages_whole_run: delivered_whole_run,
             hub_lagged_events,
             latency_us: Percentiles::from_histogram(&latency),
+            gateway_mean_latency_to_write_ms,
             latency_resolution_us: TIMESTAMP_RESOLUTION_US,
         },
         gateway: gateway_usage(pid, &samples, window_s, delivered, connected),

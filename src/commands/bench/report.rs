@@ -80,6 +80,10 @@ pub struct Load {
     /// `None` when the metrics could not be read.
     pub hub_lagged_events: Option<u64>,
     pub latency_us: Percentiles,
+    /// The gateway's own mean of (send to a client − tick timestamp) over the whole run, in
+    /// milliseconds, from its `/metrics`. Compared with the clients' mean it splits the latency
+    /// into the part before the WebSocket write and the part after it.
+    pub gateway_mean_latency_to_write_ms: Option<f64>,
     /// Resolution of the tick `timestamp` that latency is measured from, in microseconds. The
     /// simulator's timestamp is whole milliseconds, so each sample is up to this much above the
     /// true latency.
@@ -183,6 +187,7 @@ impl BenchReport {
             ("latency p99", format!("{} µs", l.latency_us.p99)),
             ("latency p99.9", format!("{} µs", l.latency_us.p999)),
             ("latency max", format!("{} µs", l.latency_us.max)),
+            ("latency mean", format!("{:.0} µs (gateway's own mean to its write: {})", l.latency_us.mean, l.gateway_mean_latency_to_write_ms.map_or("unknown".into(), |ms| format!("{:.0} µs", ms * 1000.0)))),
             ("latency samples", format!("{} (timestamps in whole ms: each sample up to {} µs high)", l.latency_us.samples, l.latency_resolution_us)),
             ("gateway CPU", format!("{:.2} s ({:.2} cores)", g.cpu_s, g.cpu_cores)),
             ("bench process CPU", format!("{:.2} cores (simulator and clients)", g.bench_process_cpu_cores)),
