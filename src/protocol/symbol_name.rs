@@ -13,11 +13,12 @@ const MAX_SUFFIX_LEN: usize = 4;
 /// Every trailing suffix is dropped, not only the last, so that normalising a normalised name
 /// changes nothing. Inner white space is kept, so that the gateway can reject `EUR USD`.
 pub fn normalise(name: &str) -> String {
-    let mut base = name.trim();
+    let without_slash: String = name.chars().filter(|c| *c != '/').collect();
+    let mut base = without_slash.trim();
     while let (shorter, true) = split_suffix(base) {
         base = shorter.trim_end();
     }
-    base.chars().filter(|c| *c != '/').collect::<String>().to_ascii_uppercase()
+    base.to_ascii_uppercase()
 }
 
 /// Splits a trailing broker suffix (`.P`, `.r`, `.m1`) off a name; returns the base and whether
