@@ -12,8 +12,8 @@
   const PAGE_BACKOFF_BASE_MS = 500;
   const PAGE_BACKOFF_CAP_MS = 10000;
 
-  // The gateway sends heartbeats; after this long with no frame at all the page pings, and after
-  // twice as long it treats the socket as dead and reconnects.
+  // The gateway sends heartbeats, so a socket silent for this long gets a ping. After twice as
+  // long the page treats the socket as dead and reconnects.
   const PAGE_IDLE_PING_MS = 15000;
 
   // A row's tick age turns amber after this long without a tick for that symbol.
@@ -153,6 +153,14 @@
   // ---------------------------------------------------------------------------------------------
   // Small helpers
 
+  // When tickgate runs with --client-token, the dashboard is opened as /?token=SECRET and passes
+  // the token on, because a browser cannot set an Authorization header on a WebSocket.
+  const CLIENT_TOKEN = new URLSearchParams(location.search).get("token");
+
+  function withToken(path) {
+    return CLIENT_TOKEN ? path + "?token=" + encodeURIComponent(CLIENT_TOKEN) : path;
+  }
+
   function element(tag, attributes, text) {
     const node = document.createElement(tag);
     for (const [name, value] of Object.entries(attributes || {})) {
@@ -219,10 +227,12 @@
         detail = "Streaming since " + formatClock(since) + ".";
         break;
       case "stale": {
-        // Counts from the moment the session entered Stale, which it does only after the
-        // configured stale threshold passed with no tick, so the feed has been quiet for longer.
-        const staleSeconds = Math.max(0, Math.floor((now - since) / 1000));
-        label = "Stale — no ticks for " + staleSeconds + " s";
+        // The session enters Stale only after the stale threshold passed with no tick, so the
+        // silence began before `since`. When this page saw a tick before that, the count starts
+        // from that tick, which matches the ages in the quotes table.
+        const quietSince = Math.min(since, latestTickAt() || since);
+        const quietSeconds = Math.max(0, Math.floor((now - quietSince) / 1000));
+        label = "Stale — no ticks for " + quietSeconds + " s";
         detail = "Stale since " + formatClock(since) + ".";
         break;
       }
@@ -268,6 +278,15 @@
     } else {
       elements.staleBanner.hidden = true;
     }
+  }
+
+  // Returns the local time of the newest tick on this page, or 0 before the first one.
+  function latestTickAt() {
+    let latest = 0;
+    for (const quote of model.quotes.values()) {
+      latest = Math.max(latest, quote.lastTickAt);
+    }
+    return latest;
   }
 
   // Writes text only when it changed, so the 250 ms re-render does not disturb selection.
@@ -435,7 +454,7 @@
         continue;
       }
       const age = now - quote.lastTickAt;
-      setText(quote.row.cells[4], formatAge(age) + " ago");
+      setText(quote.row.cells[4], formatAge(age));
       quote.row.toggleAttribute("data-quiet", age > QUIET_SYMBOL_MS);
     }
   }
@@ -458,7 +477,7 @@
       elements.errors.lastElementChild.remove();
     }
 
-    // A rejected subscription leaves no row behind; the message says why.
+    // A rejected subscription leaves no row behind, and the error message explains why.
     if (frame.symbol) {
       const quote = model.quotes.get(String(frame.symbol));
       if (quote && quote.row.hasAttribute("data-pending")) {
@@ -524,7 +543,7 @@
 
   async function loadTransitions() {
     try {
-      const response = await fetch("/api/transitions", { cache: "no-store" });
+      const response = await fetch(withToken("/api/transitions"), { cache: "no-store" });
       if (!response.ok) {
         throw new Error("HTTP " + response.status);
       }
@@ -534,32 +553,36 @@
       }
       mergeTransitions(list.map(normaliseTransition));
     } catch (error) {
-      showError({ code: "TRANSITIONS_UNAVAILABLE", message: "could not load /api/transitions: " + error.message });
+      showError({
+        code: "TRANSITIONS_UNAVAILABLE",
+        message: "failed to load /api/transitions (" + error.message + "); the page retries when its WebSocket reconnects",
+      });
     }
   }
 
   // ---------------------------------------------------------------------------------------------
   // State diagram
   //
-  // The happy path runs left to right along the middle row (Connecting, Authenticating,
-  // Streaming, Stale). Disconnected sits above it and Backoff below, because every state of the
-  // row has an edge to each of them, so those edges fan out without crossing the row. The two
-  // are offset so that the edge between them passes through the widest gap of the row. States
-  // the page does not know are placed on a row underneath.
+  // Every pair of states is linked in at least one direction, so the six states sit on a
+  // hexagon: with all nodes on a convex outline no straight edge passes behind a third node.
+  // The happy path runs clockwise along the top (Disconnected, Connecting, Authenticating,
+  // Streaming) and failures return along the bottom (Stale, Backoff). States the page does not
+  // know are placed on a row underneath.
 
   const SVG_NS = "http://www.w3.org/2000/svg";
   const NODE_WIDTH = 150;
   const NODE_HEIGHT = 44;
   const DIAGRAM_WIDTH = 900;
   const LAYOUT = {
-    Disconnected: [280, 45],
-    Connecting: [90, 240],
-    Authenticating: [320, 240],
-    Streaming: [580, 240],
-    Stale: [810, 240],
-    Backoff: [620, 435],
+    Disconnected: [95, 275],
+    Connecting: [300, 95],
+    Authenticating: [600, 95],
+    Streaming: [805, 275],
+    Stale: [600, 455],
+    Backoff: [300, 455],
   };
   const PAIR_OFFSET = 8;
+  const LOOP_SIZE = 45;
   const ARROW_CLEARANCE = 10;
   const EDGE_SAMPLE_SPACING = 6;
   const LABEL_EDGE_CLEARANCE = 8;
@@ -567,6 +590,7 @@
   const LABEL_LINE_HEIGHT = 14;
   const LABEL_CHAR_WIDTH = 6.4;
   const LABEL_MAX_CHARS = 30;
+  const LABEL_MAX_LINES = 2;
 
   function svg(tag, attributes, text) {
     const node = document.createElementNS(SVG_NS, tag);
@@ -591,7 +615,7 @@
     extra.forEach((state, i) => {
       const column = i % columns;
       const row = Math.floor(i / columns);
-      positions.set(state, { x: 90 + column * (NODE_WIDTH + 30), y: 540 + row * 100 });
+      positions.set(state, { x: 95 + column * (NODE_WIDTH + 30), y: 570 + row * 100 });
     });
     return positions;
   }
@@ -613,16 +637,26 @@
     return [...groups.values()];
   }
 
-  // Packs inputs into label lines of at most LABEL_MAX_CHARS, never splitting an input.
+  // Packs inputs into label lines of at most LABEL_MAX_CHARS, never splitting an input. Past
+  // LABEL_MAX_LINES the rest is counted ("+4 more"), because the edges into Backoff carry up to
+  // eight inputs and full labels would cover the middle of the diagram. The edge's tooltip and
+  // the transition history name every input.
   function labelLines(inputs) {
     const lines = [];
+    let packed = 0;
     for (const input of inputs) {
       const last = lines[lines.length - 1];
       if (last !== undefined && last.length + 2 + input.length <= LABEL_MAX_CHARS) {
         lines[lines.length - 1] = last + ", " + input;
-      } else {
+      } else if (lines.length < LABEL_MAX_LINES) {
         lines.push(input);
+      } else {
+        break;
       }
+      packed += 1;
+    }
+    if (packed < inputs.length) {
+      lines.push("+" + (inputs.length - packed) + " more");
     }
     return lines;
   }
@@ -638,6 +672,16 @@
     const alongY = dy === 0 ? Infinity : ((dy > 0 ? centre.y + halfHeight : centre.y - halfHeight) - origin.y) / dy;
     const scale = Math.min(alongX, alongY);
     return { x: origin.x + dx * scale, y: origin.y + dy * scale };
+  }
+
+  // Returns the axis direction (up, down, left or right) that points from `centre` towards `node`.
+  function outwardSide(node, centre) {
+    const dx = (node.x - centre.x) / NODE_WIDTH;
+    const dy = (node.y - centre.y) / NODE_HEIGHT;
+    if (Math.abs(dx) >= Math.abs(dy)) {
+      return { x: Math.sign(dx) || 1, y: 0 };
+    }
+    return { x: 0, y: Math.sign(dy) };
   }
 
   function quadraticAt(start, control, end, t) {
@@ -659,7 +703,8 @@
       (group) => positions.has(group.from) && positions.has(group.to),
     );
     const maxY = Math.max(...[...positions.values()].map((position) => position.y), 0);
-    const height = maxY + NODE_HEIGHT / 2 + 60;
+    // Room below the bottom row for labels of the edges between bottom nodes.
+    const height = maxY + NODE_HEIGHT / 2 + 85;
 
     const root = svg("svg", {
       viewBox: "0 0 " + DIAGRAM_WIDTH + " " + height,
@@ -687,6 +732,10 @@
 
     const edgeLayer = svg("g", { class: "edges" });
     const labels = [];
+    const centre = {
+      x: [...positions.values()].reduce((sum, position) => sum + position.x, 0) / Math.max(1, positions.size),
+      y: [...positions.values()].reduce((sum, position) => sum + position.y, 0) / Math.max(1, positions.size),
+    };
 
     for (const group of groups) {
       const from = positions.get(group.from);
@@ -699,13 +748,19 @@
       let anchors;
       let samples;
       if (group.from === group.to) {
-        // A self-transition loops over the top of its node.
-        const left = { x: from.x - 30, y: from.y - NODE_HEIGHT / 2 };
-        const right = { x: from.x + 30, y: from.y - NODE_HEIGHT / 2 };
-        path = "M" + left.x + "," + left.y + " C" + (left.x - 10) + "," + (left.y - 55) + " " +
-          (right.x + 10) + "," + (right.y - 55) + " " + right.x + "," + right.y;
-        anchors = [{ x: from.x, y: from.y - NODE_HEIGHT / 2 - 52, normal: { x: 0, y: -1 } }];
-        samples = [left, { x: from.x, y: left.y - 40 }, right];
+        // A self-transition loops on the node's outer side, away from the middle of the diagram.
+        const side = outwardSide(from, centre);
+        const tangent = { x: -side.y, y: side.x };
+        const spread = side.x === 0 ? 30 : 12;
+        const base = { x: from.x + side.x * NODE_WIDTH / 2, y: from.y + side.y * NODE_HEIGHT / 2 };
+        const first = { x: base.x + tangent.x * spread, y: base.y + tangent.y * spread };
+        const second = { x: base.x - tangent.x * spread, y: base.y - tangent.y * spread };
+        const point = (origin, along, across) =>
+          (origin.x + side.x * along + tangent.x * across).toFixed(1) + "," + (origin.y + side.y * along + tangent.y * across).toFixed(1);
+        path = "M" + point(first, 0, 0) + " C" + point(first, LOOP_SIZE, 10) + " " + point(second, LOOP_SIZE, -10) + " " +
+          point(second, 0, 0);
+        anchors = [{ x: base.x + side.x * (LOOP_SIZE + 4), y: base.y + side.y * (LOOP_SIZE + 4), normal: side }];
+        samples = [first, { x: base.x + side.x * LOOP_SIZE * 0.75, y: base.y + side.y * LOOP_SIZE * 0.75 }, second];
       } else {
         // A pair of opposite edges runs side by side: each is moved a little to the right of
         // its own direction and bends further that way, more for longer edges.
@@ -767,7 +822,7 @@
 
       // Spots on the edge or just beside it come first, then spots further out. Within each
       // group the free spot that the fewest other edges pass through wins, so that a label is
-      // not read as another edge's; earlier spots (nearer the middle) win ties. When no spot is
+      // not read as another edge's. Earlier spots, nearer the middle, win ties. When no spot is
       // free the label goes in the middle.
       let box = null;
       for (const steps of [[0, 1, -1], [2, -2, 3, -3, 4, -4]]) {
@@ -855,7 +910,7 @@
     }
     model.diagramLoading = true;
     try {
-      const response = await fetch("/api/diagram", { cache: "no-store" });
+      const response = await fetch(withToken("/api/diagram"), { cache: "no-store" });
       if (!response.ok) {
         throw new Error("HTTP " + response.status);
       }
@@ -890,7 +945,7 @@
 
   function socketUrl() {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    return scheme + "//" + location.host + "/ws";
+    return scheme + "//" + location.host + withToken("/ws");
   }
 
   function setLinkState(state, text) {
@@ -944,12 +999,12 @@
     });
   }
 
-  function scheduleReconnect(why) {
+  function scheduleReconnect(reason) {
     link.attempt += 1;
     const delay = Math.min(PAGE_BACKOFF_CAP_MS, PAGE_BACKOFF_BASE_MS * 2 ** (link.attempt - 1));
     const jittered = Math.round(delay * (1 + Math.random() * 0.2));
     link.reconnectAt = Date.now() + jittered;
-    link.closeReason = why;
+    link.closeReason = reason;
     link.reconnectTimer = setTimeout(connect, jittered);
     setLinkState("closed", "dashboard offline");
     renderLinkBanner();
