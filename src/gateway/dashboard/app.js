@@ -58,7 +58,7 @@
     status: null,
     statusReceivedAt: 0,
     availableSymbols: [],
-    // symbol -> { row, bid, ask, digits, lastTickAt, pending }
+    // symbol -> { row, bid, ask, digits, lastTickAt }
     quotes: new Map(),
     // Oldest first, at most MAX_TRANSITIONS, each { atMs, from, to, cause }.
     transitions: [],
@@ -93,7 +93,8 @@
     return match ? match[1] : null;
   }
 
-  // Parses "1.08567" into { units: 108567, digits: 5 }; returns null for anything else.
+  // Parses "1.08567" into { units: 108567, digits: 5 }. An exponent form goes through the float,
+  // and anything that is not a finite number gives null.
   function parseDecimal(text) {
     if (text === null || text === undefined) {
       return null;
@@ -218,13 +219,15 @@
     const name = String(status.status);
     const attempt = Number(status.attempt) || 0;
     const since = toMillis(status.since);
+    // The session reports since = 0 before its first transition.
+    const sinceText = since > 0 ? " since " + formatClock(since) : "";
     let label;
     let detail = "";
 
     switch (name) {
       case "connected":
         label = "Connected";
-        detail = "Streaming since " + formatClock(since) + ".";
+        detail = "Streaming" + sinceText + ".";
         break;
       case "stale": {
         // The session enters Stale only after the stale threshold passed with no tick, so the
@@ -233,7 +236,7 @@
         const quietSince = Math.min(since, latestTickAt() || since);
         const quietSeconds = Math.max(0, Math.floor((now - quietSince) / 1000));
         label = "Stale — no ticks for " + quietSeconds + " s";
-        detail = "Stale since " + formatClock(since) + ".";
+        detail = "Stale" + sinceText + ".";
         break;
       }
       case "reconnecting": {
@@ -242,20 +245,20 @@
         const remainingMs = model.statusReceivedAt + retryInMs - now;
         const when = remainingMs > 0 ? "in " + Math.ceil(remainingMs / 1000) + " s" : "now";
         label = "Reconnecting " + when + ", attempt " + attempt;
-        detail = "Connection lost at " + formatClock(since) + ".";
+        detail = "Waiting before the next connect attempt" + sinceText + ".";
         break;
       }
       case "connecting":
-        label = attempt > 0 ? "Connecting…, attempt " + attempt : "Connecting…";
-        detail = "Opening TCP and TLS since " + formatClock(since) + ".";
+        label = attempt > 0 ? "Connecting, attempt " + attempt : "Connecting…";
+        detail = "Opening TCP and TLS" + sinceText + ".";
         break;
       case "authenticating":
-        label = attempt > 0 ? "Authenticating…, attempt " + attempt : "Authenticating…";
-        detail = "Authenticating with cTrader since " + formatClock(since) + ".";
+        label = attempt > 0 ? "Authenticating, attempt " + attempt : "Authenticating…";
+        detail = "Authenticating upstream" + sinceText + ".";
         break;
       case "disconnected":
         label = "Disconnected";
-        detail = "Not connected to cTrader since " + formatClock(since) + ".";
+        detail = "Not connected upstream" + sinceText + ".";
         break;
       default:
         label = name;
@@ -272,7 +275,7 @@
     if (name === "stale") {
       setText(
         elements.staleBanner,
-        "No ticks from cTrader since before " + formatClock(since) + ". Prices below may be out of date.",
+        "No ticks since before " + formatClock(since) + ". Prices below may be out of date.",
       );
       elements.staleBanner.hidden = false;
     } else {
@@ -391,10 +394,14 @@
     send({ type: "unsubscribe", symbols: [symbol] });
   }
 
+  // Confirms rows the user asked for. A symbol without a row was unsubscribed while the request
+  // was in flight, so it gets no row back.
   function handleSubscribeResponse(frame) {
     for (const symbol of frame.symbols || []) {
-      const quote = model.quotes.get(symbol) || addQuoteRow(symbol);
-      quote.row.removeAttribute("data-pending");
+      const quote = model.quotes.get(String(symbol));
+      if (quote) {
+        quote.row.removeAttribute("data-pending");
+      }
     }
   }
 
@@ -521,8 +528,10 @@
     for (let i = model.transitions.length - 1; i >= 0; i--) {
       const transition = model.transitions[i];
       const item = element("li", { "data-from": transition.from, "data-to": transition.to });
+      const date = new Date(transition.atMs);
+      const datetime = Number.isNaN(date.getTime()) ? {} : { datetime: date.toISOString() };
       item.append(
-        element("time", { datetime: new Date(transition.atMs).toISOString() }, formatClock(transition.atMs, true)),
+        element("time", datetime, formatClock(transition.atMs, true)),
         element("span", { class: "path" }, transition.from + " → " + transition.to),
         element("span", { class: "cause" }, transition.cause),
       );
@@ -1046,6 +1055,10 @@
       frame = JSON.parse(text);
     } catch (error) {
       console.debug("ignoring a frame that is not JSON", text);
+      return;
+    }
+    if (frame === null || typeof frame !== "object") {
+      console.debug("ignoring a frame that is not a JSON object", text);
       return;
     }
     switch (frame.type) {
