@@ -4,8 +4,10 @@
 //! Data flows one way: simulator or cTrader → [`protocol`] → [`session`] (driving [`fsm`]) →
 //! [`gateway`] → clients.
 
+pub mod commands;
 pub mod fsm;
 pub mod gateway;
 pub mod protocol;
 pub mod session;
 pub mod simulator;
+pub mod logging;

@@ -1,1 +1,74 @@
-fn main() {}
+//! The `tickgate` command: `serve` (the main job), `simulate`, `stream`, `history`, `replay`,
+//! `diagram` and `bench`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tickgate::commands::{self, UsageError};
+use tickgate::logging::{self, LogFormat};
+
+#[derive(Parser, Debug)]
+#[command(name = "tickgate", version, about = "Streams cTrader forex ticks to WebSocket clients, and never goes quiet silently")]
+struct Cli {
+    /// Format of log lines on stderr; RUST_LOG sets the filter (default `info`).
+    #[arg(long, global = true, env = "TICKGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the cTrader-protocol simulator on its own, with fault injection.
+    Simulate(tickgate::simulator::SimulateArgs),
+    /// Fetch historical trendbars and write CSV to stdout.
+    History(commands::history::HistoryArgs),
+    /// Re-run the state machine on a recorded journal and check every transition.
+    Replay(commands::replay::ReplayArgs),
+    /// Print the state diagram derived from the state machine.
+    Diagram(commands::diagram::DiagramArgs),
+}
+
+fn main() -> ExitCode {
+    // Precedence is flags > environment > `.env`: dotenvy never overrides a variable that is
+    // already set, and clap prefers a flag to its variable.
+    if let Err(error) = dotenvy::dotenv() {
+        if !error.not_found() {
+            eprintln!("error: cannot read .env in the working directory: {error}; fix or remove the file");
+            return ExitCode::from(2);
+        }
+    }
+
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Simulate(args) => tickgate::simulator::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::History(args) => commands::history::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Replay(args) => commands::replay::run(args),
+            Command::Diagram(args) => commands::diagram::run(args),
+        }
+    });
+
+    match result {
+        Ok(code) => code,
+        Err(error) if error.is::<UsageError>() => {
+            eprintln!("error: {error}");
+            ExitCode::from(2)
+        }
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
