@@ -55,6 +55,7 @@ async fn dashboard_follows_faults() {
     let screenshot_dir = target_dir.join("dashboard-screenshots");
     std::fs::create_dir_all(&screenshot_dir)
         .unwrap_or_else(|error| panic!("failed to create {}: {error}", screenshot_dir.display()));
+    remove_old_screenshots(&screenshot_dir);
 
     let serve = start_serve(&screenshot_dir).unwrap_or_else(|error| panic!("{error:#}"));
     let (_chromedriver_guard, driver_port) =
@@ -295,6 +296,17 @@ fn is_decimal_price(text: &str) -> bool {
                 && fraction.bytes().all(|byte| byte.is_ascii_digit())
         }
         None => false,
+    }
+}
+
+/// Removes the PNGs of an earlier run, so that a failed run leaves no screenshot that it did
+/// not take.
+fn remove_old_screenshots(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for path in entries.filter_map(Result::ok).map(|entry| entry.path()) {
+        if path.extension().is_some_and(|extension| extension == "png") {
+            let _ = std::fs::remove_file(&path);
+        }
     }
 }
 

@@ -471,7 +471,9 @@
 
   function showError(frame) {
     const code = frame.code ? String(frame.code) : "error";
-    const subject = frame.symbol ? code + " (" + frame.symbol + "):" : code + ":";
+    // The gateway names the symbol "system" when an error concerns no symbol.
+    const symbol = frame.symbol && frame.symbol !== "system" ? String(frame.symbol) : null;
+    const subject = symbol ? code + " (" + symbol + "):" : code + ":";
     const parts = [subject, String(frame.message || "no message")];
     const box = element("div", { class: "error-message", role: "alert", "data-code": code });
     const dismiss = element("button", { type: "button", class: "dismiss", "aria-label": "Dismiss" }, "×");
@@ -485,10 +487,10 @@
     }
 
     // A rejected subscription leaves no row behind, and the error message explains why.
-    if (frame.symbol) {
-      const quote = model.quotes.get(String(frame.symbol));
+    if (symbol) {
+      const quote = model.quotes.get(symbol);
       if (quote && quote.row.hasAttribute("data-pending")) {
-        removeQuoteRow(String(frame.symbol));
+        removeQuoteRow(symbol);
       }
     }
   }
@@ -896,7 +898,11 @@
       return;
     }
     const last = model.transitions[model.transitions.length - 1];
-    let current = model.status ? STATE_BY_STATUS[model.status.status] : undefined;
+    // Status frames carry the machine state as `state`; the coarser `status` maps to it too.
+    let current;
+    if (model.status) {
+      current = model.status.state ? String(model.status.state) : STATE_BY_STATUS[model.status.status];
+    }
     if (!current && last) {
       current = last.to;
     }
