@@ -30,7 +30,9 @@ const INSTALL_HINT: &str = "install them with `apt-get update && apt-get install
 
 /// The session's thresholds for this test, short so that each fault shows within seconds.
 const STALE_AFTER_MS: u64 = 1500;
-const LIVENESS_TIMEOUT_MS: u64 = 3000;
+/// Above the embedded simulator's 10 s heartbeat interval: while ticks are stalled only its
+/// heartbeats arrive, and a shorter timeout would turn the Stale step into a reconnect.
+const LIVENESS_TIMEOUT_MS: u64 = 12_000;
 const CONNECT_TIMEOUT_MS: u64 = 3000;
 /// Long enough that the page shows Reconnecting for over a second, so the screenshot catches it.
 const BACKOFF_BASE_MS: u64 = 1500;
@@ -104,6 +106,11 @@ async fn run_scenario(client: &Client, serve: &Serve, screenshots: &Screenshots)
     let spread = cell_text(client, &format!("{row} .spread")).await?;
     ensure!(spread.parse::<f64>().is_ok_and(|pips| pips >= 0.0), "spread cell shows {spread:?}");
     note(&format!("{symbol} bid changed from {first_bid} to {second_bid}, spread {spread} pips"));
+    ensure!(
+        !client.find(Locator::Id("stale-banner")).await?.is_displayed().await?,
+        "#stale-banner is shown while ticks flow"
+    );
+    ensure!(current_diagram_state(client).await? == "Streaming", "the diagram does not highlight Streaming");
     screenshots.save(client, "01-streaming").await?;
 
     // 3. Stop ticks upstream: the page shows Stale and its warning banner within the threshold.
@@ -119,8 +126,9 @@ async fn run_scenario(client: &Client, serve: &Serve, screenshots: &Screenshots)
     let banner = client.find(Locator::Id("stale-banner")).await?;
     ensure!(banner.is_displayed().await?, "#stale-banner is hidden while the state is stale");
     ensure!(!banner.text().await?.trim().is_empty(), "#stale-banner is empty");
-    let current_node = client.find(Locator::Css("#diagram .node.current")).await?;
-    ensure!(current_node.attr("data-state").await?.as_deref() == Some("Stale"), "the diagram does not highlight Stale");
+    ensure!(current_diagram_state(client).await? == "Stale", "the diagram does not highlight Stale");
+    let stale_label = cell_text(client, "#state-label").await?;
+    ensure!(stale_label.starts_with("Stale"), "label while stale: {stale_label:?}");
     screenshots.save(client, "02-stale").await?;
 
     // 4. Resume ticks: the page returns to Connected, the banner goes away and prices move again.
@@ -140,9 +148,14 @@ async fn run_scenario(client: &Client, serve: &Serve, screenshots: &Screenshots)
     let history_mark = state_history(client).await?.len();
     inject_fault(&serve.control_url, json!({ "kind": "drop" })).await?;
     wait_for_state(client, history_mark, "reconnecting", STEP_TIMEOUT).await?;
-    screenshots.save(client, "04-reconnecting").await?;
     let reconnecting_label = cell_text(client, "#state-label").await?;
     note(&format!("label while reconnecting: {reconnecting_label}"));
+    ensure!(
+        reconnecting_label.starts_with("Reconnecting") && reconnecting_label.contains("attempt"),
+        "label while reconnecting: {reconnecting_label:?}"
+    );
+    ensure!(current_diagram_state(client).await? == "Backoff", "the diagram does not highlight Backoff");
+    screenshots.save(client, "04-reconnecting").await?;
     wait_for_state(client, history_mark, "connected", STEP_TIMEOUT).await?;
     let history = state_history(client).await?;
     let after_drop = &history[history_mark..];
@@ -237,6 +250,12 @@ where
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }
+}
+
+/// Returns the state that the diagram highlights as current.
+async fn current_diagram_state(client: &Client) -> anyhow::Result<String> {
+    let node = client.find(Locator::Css("#diagram .node.current")).await.context("the diagram highlights no state")?;
+    Ok(node.attr("data-state").await?.unwrap_or_default())
 }
 
 async fn cell_text(client: &Client, selector: &str) -> anyhow::Result<String> {
