@@ -20,8 +20,12 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the service: the cTrader session and the WebSocket gateway with its dashboard.
+    Serve(commands::serve::ServeArgs),
     /// Run the cTrader-protocol simulator on its own, with fault injection.
     Simulate(tickgate::simulator::SimulateArgs),
+    /// Connect and print ticks and state changes to stdout.
+    Stream(commands::stream::StreamArgs),
     /// Fetch historical trendbars and write CSV to stdout.
     History(commands::history::HistoryArgs),
     /// Re-run the state machine on a recorded journal and check every transition.
@@ -53,6 +57,8 @@ fn main() -> ExitCode {
 
     let result = runtime.block_on(async move {
         match cli.command {
+            Command::Serve(args) => commands::serve::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Stream(args) => commands::stream::run(args).await.map(|()| ExitCode::SUCCESS),
             Command::Simulate(args) => tickgate::simulator::run(args).await.map(|()| ExitCode::SUCCESS),
             Command::History(args) => commands::history::run(args).await.map(|()| ExitCode::SUCCESS),
             Command::Replay(args) => commands::replay::run(args),

@@ -360,7 +360,8 @@ fn oversized_prefix_is_rejected_before_allocation() {
     let error = codec.decode(&mut buffer).unwrap_err();
     assert!(matches!(error, FrameError::Oversized { len, max: 1024 } if len == u32::MAX as usize));
     let text = error.to_string();
-    assert!(text.contains("4294967295") && text.contains("1024"), "{text}");
+    assert!(text.contains("4294967295"), "the message names the length: {text}");
+    assert!(text.contains("1024"), "the message names the limit: {text}");
     assert_eq!(buffer.capacity(), capacity_before, "the decoder must not reserve the announced length");
 }
 

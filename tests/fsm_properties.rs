@@ -1,8 +1,8 @@
 //! Properties of the connection machine over random input sequences.
 //!
-//! Each scenario is a random configuration plus a few dozen random steps: time advances (which
-//! fire due timers at their exact deadlines, as the driver does), the input a well-behaved
-//! server would send next, or any input at all with a random payload. A [`Harness`] plays the
+//! Each scenario is a random configuration plus a few dozen random steps. A step advances the
+//! time (firing due timers at their exact deadlines, as the driver does), sends the input a
+//! well-behaved server would send next, or sends any input at all with a random payload. A [`Harness`] plays the
 //! driver: it performs the actions, keeps its own model of the armed timers, the transport and
 //! the deadlines, and checks one invariant after every input.
 
@@ -12,7 +12,7 @@ use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
 use tickgate::fsm::backoff::base_delay;
 use tickgate::fsm::{Action, AuthStep, Config, Input, Machine, Millis, Request, StateName, StatusChange, Timer};
 
-/// Scenarios per property. Each runs in well under a millisecond.
+/// Random scenarios per property.
 const SCENARIOS: u64 = 400;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,7 +140,7 @@ impl Arbitrary for Drought {
         let Scenario { config, .. } = Scenario::arbitrary(g);
         let mut steps = vec![Step::Any(Input::SubscriptionsChanged { count: between(g, 1, 3) as usize })];
 
-        // Variant 3 answers Frame in Streaming and in Stale, and the auth responses otherwise.
+        // Variant 3 gives Frame in Streaming and in Stale, and the auth responses otherwise.
         let frames_only = Step::Happy { variant: 3 };
         steps.extend(std::iter::repeat_n(frames_only.clone(), 5));
         for _ in 0..between(g, 50, 150) {
@@ -171,8 +171,8 @@ fn is_live(state: StateName) -> bool {
     matches!(state, StateName::Streaming | StateName::Stale)
 }
 
-/// The states a timer may stay armed in. The Stale timer is further tied to the one state
-/// that scheduled it.
+/// Returns the states a timer may stay armed in. The Stale timer is further tied to the one
+/// state that scheduled it.
 fn timer_scope(timer: Timer) -> &'static [StateName] {
     match timer {
         Timer::ConnectDeadline => &[StateName::Connecting, StateName::Authenticating],
@@ -212,7 +212,7 @@ struct Harness {
     out: Vec<Action>,
     armed: BTreeMap<Timer, Armed>,
     transport_open: bool,
-    /// The last auth-sequence request sent, so that `Happy` can answer it.
+    /// The last auth-sequence request sent, so that `Happy` can send its response.
     pending_request: Option<Request>,
     subscriptions: usize,
     /// When the current connect (or re-auth) began.
@@ -563,7 +563,7 @@ impl Harness {
         transition: Option<&StatusChange>,
     ) -> Result<(), String> {
         // Another timer may fire at the very instant of a deadline, so the state may still be
-        // the old one at that instant; the armed timer must then fire no later than it.
+        // the old one at that instant. The armed timer must then fire no later than it.
         let armed_at = |timer| self.armed.get(&timer).map(|armed: &Armed| armed.at);
 
         let connect_deadline = self.handshake_started + self.config.connect_timeout_ms;
@@ -724,7 +724,7 @@ fn one_stale_reconnect_per_long_drought() {
     QuickCheck::new().tests(SCENARIOS).rng(Gen::new(60)).quickcheck(property as fn(Drought) -> TestResult);
 }
 
-/// The harness must reach every state, or the properties above say little.
+/// The harness must reach every state, or the properties above prove little.
 #[test]
 fn scenarios_reach_every_state() {
     let mut seen = std::collections::BTreeSet::new();

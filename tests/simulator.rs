@@ -86,6 +86,25 @@ impl Client {
         }
     }
 
+    /// Sends all requests before reading any response, so they reach the server within
+    /// milliseconds, and returns the responses in request order.
+    async fn pipeline(&mut self, messages: Vec<Message>) -> Vec<Message> {
+        let mut ids = Vec::new();
+        for message in messages {
+            ids.push(self.send(message).await);
+        }
+        let mut responses: Vec<Option<Message>> = vec![None; ids.len()];
+        while responses.iter().any(Option::is_none) {
+            let frame = self.read_frame(REPLY_TIMEOUT).await.expect("a response in time").expect("a valid frame");
+            let message = Message::decode(&frame).expect("a valid payload");
+            match ids.iter().position(|id| frame.client_msg_id.as_deref() == Some(id.as_str())) {
+                Some(index) => responses[index] = Some(message),
+                None => self.pending.push_back(message),
+            }
+        }
+        responses.into_iter().flatten().collect()
+    }
+
     async fn request_error(&mut self, message: Message) -> ApiError {
         let response = self.request(message).await;
         ApiError::from_message(&response).unwrap_or_else(|| panic!("expected an error, got {response:?}"))
@@ -385,7 +404,8 @@ async fn spot_events_carry_changed_sides() {
 
     let first = client.next_spot(REPLY_TIMEOUT).await.expect("the first spot event");
     assert_eq!(first.symbol_id, 1);
-    assert!(first.bid.is_some() && first.ask.is_some(), "first event carries both sides: {first:?}");
+    assert!(first.bid.is_some(), "first event carries the bid: {first:?}");
+    assert!(first.ask.is_some(), "first event carries the ask: {first:?}");
     let timestamp = first.timestamp.expect("a timestamp, because the subscription asked for one");
     assert!((timestamp - now_ms()).abs() < 5_000);
 
@@ -408,6 +428,48 @@ async fn spot_events_carry_changed_sides() {
     let stats = sim.stats();
     assert_eq!(stats.subscriptions.get("EURUSD"), Some(&1));
     assert!(stats.spot_events_sent >= 41);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn late_subscriber_gets_no_stale_quotes() {
+    let sim = start(SimulatorConfig { tick_rate: 200.0, ..test_config() }).await;
+    let mut early = connect(&sim).await;
+    early.authorise(&sim).await;
+    assert!(matches!(early.subscribe(vec![1]).await, Message::SubscribeSpotsRes(_)));
+
+    // The late client's quote queue fills while it is unsubscribed; none of that may leak out.
+    let mut late = connect(&sim).await;
+    late.authorise(&sim).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(matches!(late.subscribe(vec![1]).await, Message::SubscribeSpotsRes(_)));
+    assert_eq!(sim.stats().subscriptions.get("EURUSD"), Some(&2));
+
+    let first = late.next_spot(REPLY_TIMEOUT).await.expect("the first spot event");
+    let (mut bid, mut ask) = (first.bid.expect("bid"), first.ask.expect("ask"));
+    let mut late_books = vec![(bid, ask)];
+    for _ in 0..20 {
+        let event = late.next_spot(REPLY_TIMEOUT).await.expect("a spot event");
+        assert_ne!(event.bid, Some(bid), "an unchanged bid was sent");
+        assert_ne!(event.ask, Some(ask), "an unchanged ask was sent");
+        bid = event.bid.unwrap_or(bid);
+        ask = event.ask.unwrap_or(ask);
+        late_books.push((bid, ask));
+    }
+
+    // The early client saw every book in order, so the late client's books must be one
+    // contiguous run of them; a stale queued quote would break the run.
+    let mut early_books: Vec<(u64, u64)> = Vec::new();
+    let (mut early_bid, mut early_ask) = (0, 0);
+    let deadline = tokio::time::Instant::now() + REPLY_TIMEOUT;
+    while !early_books.ends_with(&late_books) && tokio::time::Instant::now() < deadline {
+        let Some(event) = early.next_spot(Duration::from_millis(500)).await else { break };
+        early_bid = event.bid.unwrap_or(early_bid);
+        early_ask = event.ask.unwrap_or(early_ask);
+        early_books.push((early_bid, early_ask));
+    }
+    assert!(early_books.ends_with(&late_books), "late books {late_books:?} are not a run of the early client's books");
+
     sim.shutdown().await;
 }
 
@@ -460,7 +522,8 @@ async fn live_trendbars_ride_on_spots() {
         }
     };
     let bar = trendbar::decode(&event.trendbar[0], 3).expect("a valid bar");
-    assert!(bar.low <= bar.close && bar.close <= bar.high);
+    assert!(bar.low <= bar.close, "{bar:?}");
+    assert!(bar.close <= bar.high, "{bar:?}");
     assert_eq!(bar.time_ms % 60_000, 0);
     sim.shutdown().await;
 }
@@ -510,25 +573,22 @@ async fn rate_limits_per_connection() {
     let mut client = connect(&sim).await;
     client.authorise(&sim).await;
 
-    let mut limited = 0;
-    for _ in 0..12 {
-        if let Some(error) = ApiError::from_message(&client.request(Message::VersionReq).await) {
-            assert_eq!(error.code, "REQUEST_FREQUENCY_EXCEEDED");
-            limited += 1;
-        }
+    let responses = client.pipeline(vec![Message::VersionReq; 25]).await;
+    let errors: Vec<ApiError> = responses.iter().filter_map(ApiError::from_message).collect();
+    for error in &errors {
+        assert_eq!(error.code, "REQUEST_FREQUENCY_EXCEEDED");
     }
-    assert!(limited >= 4, "12 requests against a limit of 10/s with 2 used by auth: {limited} limited");
+    let accepted = responses.len() - errors.len();
+    assert!(accepted <= 10, "{accepted} of 25 pipelined requests accepted against a limit of 10/s");
+    assert!(accepted >= 8, "only {accepted} accepted; the 2 auth requests use at most 2 of the 10");
 
+    // History requests have their own budget, which the ordinary ones above did not touch.
     let now = now_ms();
     let request = client.trendbars_request(pb::ProtoOaTrendbarPeriod::M5, Some(now - 3_600_000), Some(now), None);
-    let mut history_limited = 0;
-    for _ in 0..3 {
-        if let Some(error) = ApiError::from_message(&client.request(request.clone()).await) {
-            assert!(error.is_rate_limited(), "{error}");
-            history_limited += 1;
-        }
-    }
-    assert_eq!(history_limited, 1, "the third history request in a second is over the limit of 2");
+    let responses = client.pipeline(vec![request; 3]).await;
+    let limited: Vec<ApiError> = responses.iter().filter_map(ApiError::from_message).collect();
+    assert_eq!(limited.len(), 1, "the third history request in a second is over the limit of 2: {limited:?}");
+    assert!(limited[0].is_rate_limited(), "{}", limited[0]);
     sim.shutdown().await;
 }
 
@@ -565,8 +625,12 @@ async fn trendbars_follow_generated_prices() {
     let bars: Vec<_> = response.trendbar.iter().map(|b| trendbar::decode(b, 5).expect("valid bar")).collect();
     assert!(bars.windows(2).all(|w| w[0].time_ms < w[1].time_ms), "bars oldest first");
     for bar in &bars {
-        assert!(bar.low <= bar.open && bar.open <= bar.high && bar.low <= bar.close && bar.close <= bar.high);
-        assert!(bar.time_ms >= now - 3_660_000 && bar.time_ms <= now);
+        assert!(bar.low <= bar.open, "{bar:?}");
+        assert!(bar.open <= bar.high, "{bar:?}");
+        assert!(bar.low <= bar.close, "{bar:?}");
+        assert!(bar.close <= bar.high, "{bar:?}");
+        assert!(bar.time_ms >= now - 3_660_000, "bar before the range: {bar:?}");
+        assert!(bar.time_ms <= now, "bar after the range: {bar:?}");
     }
 
     let counted = client.trendbars_request(pb::ProtoOaTrendbarPeriod::H1, None, Some(now), Some(5));
@@ -602,7 +666,11 @@ async fn tick_data_is_delta_encoded() {
     let ticks = tickdata::decode(&response.tick_data, 3).expect("valid tick data");
     assert!(ticks.len() >= 10, "{} ticks in 30 minutes", ticks.len());
     assert!(ticks.windows(2).all(|w| w[0].0 > w[1].0), "ticks newest first");
-    assert!(ticks.iter().all(|(t, p)| *t >= now - 1_800_000 && *t <= now && p.raw > 10_000_000));
+    for (time_ms, price) in &ticks {
+        assert!(*time_ms >= now - 1_800_000, "tick before the range at {time_ms}");
+        assert!(*time_ms <= now, "tick after the range at {time_ms}");
+        assert!(price.raw > 10_000_000, "USDJPY price {price} is off by a scale");
+    }
     sim.shutdown().await;
 }
 
@@ -798,5 +866,20 @@ async fn replay_streams_recorded_quotes() {
         let price = event.bid.or(event.ask).unwrap();
         assert!((8_500_000..8_800_000).contains(&price), "price {price} is not from the file");
     }
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn certificate_covers_loopback_address() {
+    let sim = start(test_config()).await;
+    let tcp = TcpStream::connect(sim.addr()).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = connector(&sim).connect(name, tcp).await;
+    assert!(tls.is_ok(), "handshake against the IP address failed: {:?}", tls.err());
+
+    // A name the certificate does not cover is rejected by the client.
+    let tcp = TcpStream::connect(sim.addr()).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("demo.ctraderapi.com").unwrap();
+    assert!(connector(&sim).connect(name, tcp).await.is_err());
     sim.shutdown().await;
 }

@@ -14,21 +14,25 @@ use tracing::{info, warn};
 use super::connection::{listen_addr, ConnectionArgs, TimingArgs};
 use super::UsageError;
 use crate::gateway::{self, GatewayConfig};
-use crate::session::{self, SessionConfig};
+use crate::session::{self, SessionConfig, SessionHandle};
 use crate::simulator::{SimulatorConfig, SimulatorHandle};
 
 /// How long shutdown may take before the process gives up waiting for the session.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// How long start-up waits for the gateway's hub to subscribe to session events.
+const HUB_START_TIMEOUT: Duration = Duration::from_secs(2);
+
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// Address of the WebSocket and HTTP listener; a bare port means 127.0.0.1:PORT.
-    #[arg(long, env = "TICKGATE_LISTEN", default_value = "127.0.0.1:8080", value_parser = listen_addr)]
-    pub listen: SocketAddr,
+    /// Address of the WebSocket and HTTP listener, such as 127.0.0.1:8080 (the default).
+    #[arg(long, env = "TICKGATE_LISTEN")]
+    pub listen: Option<String>,
 
-    /// Port of the WebSocket and HTTP listener on 127.0.0.1; `--listen` takes precedence.
-    #[arg(long = "ws-port", env = "WS_PORT", hide = true)]
-    pub ws_port: Option<u16>,
+    /// Port of the listener on 127.0.0.1, for compatibility with the Node backend's variable;
+    /// `--listen` takes precedence.
+    #[arg(long = "ws-port", env = "WS_PORT")]
+    pub ws_port: Option<String>,
 
     #[command(flatten)]
     pub connection: ConnectionArgs,
@@ -60,29 +64,25 @@ pub struct GatewayArgs {
     pub client_token: Option<String>,
 
     /// Largest client message accepted, in bytes.
-    #[arg(long, env = "TICKGATE_MAX_MESSAGE_BYTES", default_value_t = 4096)]
+    #[arg(long, env = "TICKGATE_MAX_MESSAGE_BYTES", default_value_t = GatewayConfig::default().max_message_bytes)]
     pub max_message_bytes: usize,
 
     /// Most symbols one client may subscribe to.
-    #[arg(long, env = "TICKGATE_MAX_SUBSCRIPTIONS", default_value_t = 100)]
+    #[arg(long, env = "TICKGATE_MAX_SUBSCRIPTIONS", default_value_t = GatewayConfig::default().max_subscriptions_per_client)]
     pub max_subscriptions: usize,
 
     /// Frames queued for one client before it counts as slow and is closed with 4002.
-    #[arg(long, env = "TICKGATE_CLIENT_QUEUE", default_value_t = 1024)]
+    #[arg(long, env = "TICKGATE_CLIENT_QUEUE", default_value_t = GatewayConfig::default().client_queue_capacity)]
     pub client_queue: usize,
 
     /// Most WebSocket clients at once.
-    #[arg(long, env = "TICKGATE_MAX_CLIENTS", default_value_t = 10_000)]
+    #[arg(long, env = "TICKGATE_MAX_CLIENTS", default_value_t = GatewayConfig::default().max_clients)]
     pub max_clients: usize,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let listen = match (args.ws_port, std::env::var_os("TICKGATE_LISTEN")) {
-        (Some(port), None) if args.listen == SocketAddr::from(([127, 0, 0, 1], 8080)) => {
-            SocketAddr::from(([127, 0, 0, 1], port))
-        }
-        _ => args.listen,
-    };
+    let listen = gateway::resolve_listen(args.listen.as_deref(), args.ws_port.as_deref())
+        .map_err(|error| UsageError(error.to_string()))?;
     let credentials = args.connection.credentials().map_err(UsageError)?;
 
     // 1. Bind first, so a taken port fails before anything connects upstream.
@@ -123,8 +123,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     session_config.fsm = args.timing.fsm_config(session_config.refresh_token.is_some());
     session_config.journal = args.journal.clone();
 
-    // 3. Start the session, then the gateway in front of it.
-    let (session, session_task) = session::spawn(session_config);
+    // 3. Start the gateway, then the session behind it. The gateway's hub must subscribe to
+    //    session events before the driver starts, or the first transitions (Disconnected to
+    //    Connecting and on) would be missing from /metrics and the dashboard's history.
+    let (session, ends) = SessionHandle::channel(session_config.event_capacity.max(1));
     let gateway_config = GatewayConfig {
         client_token: args.gateway.client_token.clone(),
         max_message_bytes: args.gateway.max_message_bytes,
@@ -133,12 +135,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_clients: args.gateway.max_clients,
         ..GatewayConfig::default()
     };
-
-    print_urls(local, simulator.as_ref());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let gateway_task = tokio::spawn(gateway::serve(listener, session.clone(), gateway_config, async move {
         let _ = stop_rx.await;
     }));
+    let subscribed = async {
+        while ends.events.receiver_count() == 0 && !gateway_task.is_finished() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    if tokio::time::timeout(HUB_START_TIMEOUT, subscribed).await.is_err() {
+        warn!(timeout_ms = HUB_START_TIMEOUT.as_millis() as u64, "gateway hub did not subscribe in time; early transitions may be missing");
+    }
+    let session_task = tokio::spawn(session::driver::run(session_config, ends));
+    print_urls(local, simulator.as_ref());
 
     // 4. Run until SIGINT or SIGTERM, then stop in order: clients, upstream, simulator.
     shutdown_signal().await;

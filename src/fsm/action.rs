@@ -1,4 +1,4 @@
-//! What the machine asks the driver to do, in order.
+//! The instructions the machine returns to the driver, in order.
 
 use serde::{Deserialize, Serialize};
 
@@ -26,7 +26,7 @@ pub enum Action {
     Log { level: LogLevel, message: String },
 }
 
-/// A request the machine asks the driver to send.
+/// A request for the driver to send upstream.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
 pub enum Request {
     ApplicationAuth,
@@ -55,6 +55,6 @@ pub struct StatusChange {
     pub attempt: u32,
     /// When the next connect attempt starts, in Backoff.
     pub retry_at: Option<Millis>,
-    /// Why the machine entered `to`, when there is a reason (an error, a fault, a stop).
+    /// The reason for entering `to`, when there is one (an error, a fault, a stop).
     pub reason: Option<String>,
 }

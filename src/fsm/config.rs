@@ -29,7 +29,7 @@ pub struct Config {
     pub jitter: f64,
     /// Seed of the deterministic jitter generator, so that a journal replays identically.
     pub jitter_seed: u64,
-    /// Whether the driver holds a refresh token, so an expired access token can be refreshed.
+    /// Whether the driver has a refresh token, so an expired access token can be refreshed.
     pub has_refresh_token: bool,
 }
 

@@ -28,8 +28,8 @@ pub struct Edge {
     pub input: String,
 }
 
-/// Early timer fires are re-scheduled, so a timer may need a few fires to reach its real
-/// deadline; more than this means the machine keeps pushing it back.
+/// Maximum fires of one timer per explored situation. An early fire is re-scheduled, so a
+/// timer may need a few fires to reach its real deadline.
 const MAX_FIRES_PER_TIMER: usize = 4;
 
 /// Explores the machine and returns its diagram.
@@ -88,9 +88,9 @@ fn record(input: &Input, actions: &[Action], edges: &mut BTreeSet<Edge>) {
     }
 }
 
-/// One input of every kind except `TimerFired`, with payloads that reach every branch: each
-/// auth step rejected with an expired-token code and with another code, and subscription
-/// counts of zero and one.
+/// Returns one input of every kind except `TimerFired`, with payloads that reach every
+/// branch. Each auth step is rejected once with an expired-token code and once with another
+/// code, and subscription counts are zero and one.
 fn representative_inputs() -> Vec<Input> {
     let mut inputs = vec![
         Input::Start,
@@ -149,10 +149,10 @@ impl Diagram {
 
     /// Renders `{"states": [...], "edges": [{"from", "to", "input"}]}`, pretty-printed.
     pub fn to_json(&self) -> String {
-        let mut text = serde_json::to_string_pretty(self).unwrap_or_else(|error| {
-            // Serialising plain strings and unit enums cannot fail; keep the output valid JSON.
-            format!("{{\"error\": \"{error}\"}}")
-        });
+        // serde_json fails only on maps with non-string keys and on failing Serialize impls,
+        // and the diagram has neither; the fallback still keeps the output valid JSON.
+        let mut text = serde_json::to_string_pretty(self)
+            .unwrap_or_else(|error| serde_json::json!({ "error": error.to_string() }).to_string());
         text.push('\n');
         text
     }

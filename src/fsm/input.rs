@@ -1,4 +1,5 @@
-//! What the driver tells the machine: commands, transport and protocol events, timer expiries.
+//! The inputs the driver feeds the machine: commands, transport and protocol events, and
+//! timer expiries.
 
 use std::fmt;
 
@@ -27,7 +28,7 @@ pub enum Input {
     AccountAuthOk,
     /// A request of the auth sequence was rejected, with the cTrader error code.
     AuthRejected { step: AuthStep, code: String, description: String },
-    /// The access token was refreshed; the driver now holds the new token.
+    /// The access token was refreshed, and the driver now has the new token.
     TokenRefreshed,
     /// The symbol list arrived.
     SymbolsLoaded { count: usize },
@@ -35,7 +36,7 @@ pub enum Input {
     Tick,
     /// Any other inbound frame, heartbeats included.
     Frame,
-    /// The desired subscription set now holds `count` symbols.
+    /// The desired subscription set now contains `count` symbols.
     SubscriptionsChanged { count: usize },
     /// The server announced that it is closing the connection (`ProtoOAClientDisconnectEvent`).
     ServerDisconnect { reason: String },
@@ -54,7 +55,7 @@ pub enum AuthStep {
     SymbolsList,
 }
 
-/// A deadline the machine asks the driver to keep. Each timer has at most one schedule.
+/// A deadline the driver keeps for the machine. Each timer has at most one schedule.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Timer {
     /// Connecting and Authenticating took longer than `connect_timeout_ms`.
@@ -135,8 +136,8 @@ impl Input {
         }
     }
 
-    /// Whether the input reports a message received from the server, which proves the socket
-    /// is alive.
+    /// Returns whether the input reports a message received from the server, which proves the
+    /// socket is alive.
     pub fn is_inbound_frame(&self) -> bool {
         matches!(
             self,

@@ -5,7 +5,7 @@
 //! and after, and the actions the machine appended. That is all [`replay`](super::replay)
 //! needs to re-run the machine and check that it still behaves the same.
 //!
-//! The journal holds no secrets, because the machine never receives any: tokens stay in the
+//! The journal contains no secrets, because the machine never receives any: tokens stay in the
 //! driver, and the machine only names requests such as `AccountAuth`.
 
 use std::io::{self, BufRead, Write};
@@ -101,7 +101,7 @@ fn write_line<W: Write, T: Serialize>(out: &mut W, value: &T) -> io::Result<()> 
     out.write_all(b"\n")
 }
 
-/// Why a journal could not be read. Every variant names the 1-based line.
+/// A failure to read a journal. Every variant names the 1-based line.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     #[error("line {line}: reading the journal failed: {source}")]
@@ -117,7 +117,7 @@ pub enum JournalError {
 }
 
 impl JournalError {
-    /// The 1-based line the error refers to; 1 for an empty journal.
+    /// Returns the 1-based line the error refers to, which is 1 for an empty journal.
     pub fn line(&self) -> usize {
         match self {
             JournalError::Io { line, .. } | JournalError::Malformed { line, .. } => *line,

@@ -39,8 +39,8 @@ use super::{Action, AuthStep, Config, Input, LogLevel, Millis, Request, StateNam
 const TOKEN_EXPIRED_CODES: [&str; 2] = ["OA_AUTH_TOKEN_EXPIRED", "CH_ACCESS_TOKEN_INVALID"];
 
 /// The connection state machine. Pure: it reads no clock, opens no socket and draws no random
-/// numbers except from the seeded jitter generator. It never receives secrets either: the
-/// driver keeps the tokens and the machine only asks for requests by name.
+/// numbers except from the seeded jitter generator. It never receives secrets either, because
+/// the driver keeps the tokens and the machine only names the requests to send.
 ///
 /// Feed every input with [`Machine::handle`], then perform the appended actions in order.
 #[derive(Clone, Debug)]
@@ -72,8 +72,8 @@ impl Machine {
         Self { inner }
     }
 
-    /// Feeds one input at time `now`; appends the resulting actions to `out` (no allocation
-    /// per call when `out` is reused, except on transitions and log lines).
+    /// Feeds one input at time `now` and appends the resulting actions to `out`. A reused `out`
+    /// means no allocation per call, except for transitions and log lines.
     ///
     /// A `TimerFired` for a timer that is not armed (the driver raced a cancel) is ignored with
     /// a warning. One that fires before its deadline is re-scheduled for that deadline.
@@ -126,13 +126,13 @@ impl Machine {
     /// counts: two machines with the same shape take the same transitions.
     pub(crate) fn shape(&self) -> Shape {
         let connection = self.inner.inner();
-        let phase = match self.inner.state() {
-            State::Authenticating { phase } => Some(*phase),
+        let awaiting = match self.inner.state() {
+            State::Authenticating { awaiting } => Some(*awaiting),
             _ => None,
         };
         Shape {
             state: self.state(),
-            phase,
+            awaiting,
             armed: Timer::ALL.map(|timer| connection.timers.is_armed(timer)),
             subscribed: connection.subscriptions > 0,
             stale_reconnect_spent: connection.stale_reconnect_spent,
@@ -145,29 +145,29 @@ impl Machine {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Shape {
     state: StateName,
-    phase: Option<AuthPhase>,
+    awaiting: Option<Awaiting>,
     armed: [bool; 5],
     subscribed: bool,
     stale_reconnect_spent: bool,
     token_refresh_spent: bool,
 }
 
-/// Where Authenticating stands in the auth sequence: the response it awaits.
+/// The response Authenticating awaits, which marks its place in the auth sequence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum AuthPhase {
-    AwaitingApplication,
-    AwaitingAccount,
-    AwaitingTokenRefresh,
-    AwaitingSymbols,
+pub(crate) enum Awaiting {
+    Application,
+    Account,
+    TokenRefresh,
+    Symbols,
 }
 
-impl AuthPhase {
+impl Awaiting {
     fn request(self) -> Request {
         match self {
-            AuthPhase::AwaitingApplication => Request::ApplicationAuth,
-            AuthPhase::AwaitingAccount => Request::AccountAuth,
-            AuthPhase::AwaitingTokenRefresh => Request::RefreshToken,
-            AuthPhase::AwaitingSymbols => Request::SymbolsList,
+            Awaiting::Application => Request::ApplicationAuth,
+            Awaiting::Account => Request::AccountAuth,
+            Awaiting::TokenRefresh => Request::RefreshToken,
+            Awaiting::Symbols => Request::SymbolsList,
         }
     }
 }
@@ -177,8 +177,8 @@ pub(crate) struct Context<'a> {
     now: Millis,
     input: &'a Input,
     out: &'a mut Vec<Action>,
-    /// Why the machine is entering the target state; set by the handler that returns the
-    /// transition and published by `after_transition`.
+    /// The reason for entering the target state. The handler that returns the transition sets
+    /// it, and `after_transition` publishes it.
     reason: Option<String>,
 }
 
@@ -335,7 +335,7 @@ impl Connection {
     #[state(superstate = "online", entry_action = "enter_connecting")]
     fn connecting(event: &Input) -> Outcome<State> {
         match event {
-            Input::TransportUp => Transition(State::authenticating(AuthPhase::AwaitingApplication)),
+            Input::TransportUp => Transition(State::authenticating(Awaiting::Application)),
             _ => Super,
         }
     }
@@ -381,7 +381,7 @@ impl Connection {
                     self.token_refresh_spent = true;
                     log(context, LogLevel::Warn, format!("token invalidated, refreshing: {reason}"));
                     context.reason = Some(format!("token invalidated: {reason}"));
-                    return Transition(State::authenticating(AuthPhase::AwaitingTokenRefresh));
+                    return Transition(State::authenticating(Awaiting::TokenRefresh));
                 }
                 self.fail(context, true, LogLevel::Error, format!("token invalidated: {reason}"))
             }
@@ -406,7 +406,7 @@ impl Connection {
     }
 
     /// Running the auth sequence: application auth, account auth (with one token refresh if the
-    /// token expired), then the symbol list. Entry sends the request of the phase entered with,
+    /// token expired), then the symbol list. Entry sends the request for the response it awaits,
     /// and arms the connect deadline unless it already runs (re-auth after a token invalidation).
     ///
     /// - [`Input::AppAuthOk`] awaited => stays, sends account auth
@@ -420,24 +420,24 @@ impl Connection {
     /// - an auth response not awaited => stays, logged
     /// - anything else => `connected`
     #[state(superstate = "connected", entry_action = "enter_authenticating", exit_action = "exit_authenticating")]
-    fn authenticating(&mut self, phase: &mut AuthPhase, context: &mut Context<'_>, event: &Input) -> Outcome<State> {
-        match (event, *phase) {
-            (Input::AppAuthOk, AuthPhase::AwaitingApplication)
-            | (Input::TokenRefreshed, AuthPhase::AwaitingTokenRefresh) => {
-                self.advance(phase, AuthPhase::AwaitingAccount, context);
+    fn authenticating(&mut self, awaiting: &mut Awaiting, context: &mut Context<'_>, event: &Input) -> Outcome<State> {
+        match (event, *awaiting) {
+            (Input::AppAuthOk, Awaiting::Application)
+            | (Input::TokenRefreshed, Awaiting::TokenRefresh) => {
+                self.advance(awaiting, Awaiting::Account, context);
                 Handled
             }
-            (Input::AccountAuthOk, AuthPhase::AwaitingAccount) => {
-                self.advance(phase, AuthPhase::AwaitingSymbols, context);
+            (Input::AccountAuthOk, Awaiting::Account) => {
+                self.advance(awaiting, Awaiting::Symbols, context);
                 Handled
             }
-            (Input::SymbolsLoaded { .. }, AuthPhase::AwaitingSymbols) => Transition(State::streaming()),
-            (Input::AuthRejected { step: AuthStep::Account, code, description }, AuthPhase::AwaitingAccount)
+            (Input::SymbolsLoaded { .. }, Awaiting::Symbols) => Transition(State::streaming()),
+            (Input::AuthRejected { step: AuthStep::Account, code, description }, Awaiting::Account)
                 if TOKEN_EXPIRED_CODES.contains(&code.as_str()) && self.can_refresh_token() =>
             {
                 self.token_refresh_spent = true;
                 log(context, LogLevel::Warn, format!("account auth rejected, refreshing the token: {code}: {description}"));
-                self.advance(phase, AuthPhase::AwaitingTokenRefresh, context);
+                self.advance(awaiting, Awaiting::TokenRefresh, context);
                 Handled
             }
             (Input::AuthRejected { step, code, description }, _) => {
@@ -446,11 +446,11 @@ impl Connection {
             (Input::TokenInvalidated { reason }, _) if self.can_refresh_token() => {
                 self.token_refresh_spent = true;
                 log(context, LogLevel::Warn, format!("token invalidated, refreshing: {reason}"));
-                self.advance(phase, AuthPhase::AwaitingTokenRefresh, context);
+                self.advance(awaiting, Awaiting::TokenRefresh, context);
                 Handled
             }
             (Input::AppAuthOk | Input::AccountAuthOk | Input::TokenRefreshed | Input::SymbolsLoaded { .. }, _) => {
-                log(context, LogLevel::Warn, format!("ignored {event} while awaiting {:?}", phase.request()));
+                log(context, LogLevel::Warn, format!("ignored {event} while awaiting the {:?} response", awaiting.request()));
                 Handled
             }
             _ => Super,
@@ -458,12 +458,12 @@ impl Connection {
     }
 
     #[action]
-    fn enter_authenticating(&mut self, phase: &mut AuthPhase, context: &mut Context<'_>) {
+    fn enter_authenticating(&mut self, awaiting: &mut Awaiting, context: &mut Context<'_>) {
         if !self.timers.is_armed(Timer::ConnectDeadline) {
             let deadline = context.now.saturating_add(self.config.connect_timeout_ms);
             self.timers.schedule(Timer::ConnectDeadline, deadline, context.out);
         }
-        context.out.push(Action::Send(phase.request()));
+        context.out.push(Action::Send(awaiting.request()));
     }
 
     #[action]
@@ -476,10 +476,8 @@ impl Connection {
     ///
     /// - anything => `connected`
     #[superstate(superstate = "connected", entry_action = "enter_live")]
-    fn live(event: &Input) -> Outcome<State> {
-        match event {
-            _ => Super,
-        }
+    fn live() -> Outcome<State> {
+        Super
     }
 
     #[action]
@@ -638,7 +636,7 @@ impl Connection {
         }));
     }
 
-    /// Records a failure and moves to Backoff with the next delay. `close` says whether the
+    /// Records a failure and moves to Backoff with the next delay. Pass `close` when the
     /// transport may still be open and must be closed.
     fn fail(&mut self, context: &mut Context<'_>, close: bool, level: LogLevel, reason: String) -> Outcome<State> {
         if close {
@@ -665,8 +663,8 @@ impl Connection {
         Handled
     }
 
-    fn advance(&mut self, phase: &mut AuthPhase, next: AuthPhase, context: &mut Context<'_>) {
-        *phase = next;
+    fn advance(&mut self, awaiting: &mut Awaiting, next: Awaiting, context: &mut Context<'_>) {
+        *awaiting = next;
         context.out.push(Action::Send(next.request()));
     }
 

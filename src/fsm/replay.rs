@@ -31,7 +31,7 @@ pub struct Replay {
     pub timeline: Vec<TimelineEntry>,
 }
 
-/// Why a replay stopped.
+/// The reason a replay stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     #[error(transparent)]
@@ -41,7 +41,7 @@ pub enum ReplayError {
 }
 
 impl ReplayError {
-    /// The 1-based journal line where the replay stopped.
+    /// Returns the 1-based journal line where the replay stopped.
     pub fn line(&self) -> usize {
         match self {
             ReplayError::Journal(error) => error.line(),
@@ -57,16 +57,13 @@ pub fn replay<R: BufRead>(reader: R) -> Result<Replay, ReplayError> {
     let mut machine = Machine::new(header.config.clone());
     let mut timeline = Vec::new();
     let mut out = Vec::new();
-    let mut expected_seq = 0u64;
-
-    for item in reader {
+    for (expected_seq, item) in (0u64..).zip(reader) {
         let (line, entry) = item?;
         let mismatch = |field, recorded: String, replayed: String| ReplayError::Mismatch { line, field, recorded, replayed };
 
         if entry.seq != expected_seq {
             return Err(mismatch("seq", entry.seq.to_string(), expected_seq.to_string()));
         }
-        expected_seq += 1;
 
         let from = machine.state();
         if entry.from != from {

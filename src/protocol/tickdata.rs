@@ -1,7 +1,7 @@
 //! Historical ticks from `ProtoOAGetTickDataRes`.
 //!
-//! The list is newest first. The first element holds an absolute Unix-ms timestamp and an
-//! absolute price; each later element holds the difference from the element before it, for
+//! The list is newest first. The first element contains an absolute Unix-ms timestamp and an
+//! absolute price; each later element contains the difference from the element before it, for
 //! both fields. Spotware documents the timestamp deltas; the price deltas are what independent
 //! clients decode, so decoding checks every running price for sign and overflow.
 

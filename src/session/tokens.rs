@@ -38,6 +38,40 @@ pub enum TokenFile {
 }
 
 impl TokenFile {
+    /// Chooses the format by extension: `.json` is a JSON token file, anything else `.env` style.
+    pub fn for_path(path: &Path) -> TokenFile {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(ext) if ext.eq_ignore_ascii_case("json") => TokenFile::Json(path.to_path_buf()),
+            _ => TokenFile::DotEnv(path.to_path_buf()),
+        }
+    }
+
+    /// Reads both tokens from the file; `Ok(None)` when it does not exist or lacks one of them.
+    pub fn load(&self) -> anyhow::Result<Option<Tokens>> {
+        if !self.path().exists() {
+            return Ok(None);
+        }
+        match self {
+            TokenFile::Json(path) => Self::load_json(path).map(Some),
+            TokenFile::DotEnv(path) => {
+                let entries = dotenvy::from_path_iter(path)
+                    .map_err(|e| anyhow::anyhow!("cannot read token file {}: {e}", path.display()))?;
+                let mut access_token = None;
+                let mut refresh_token = None;
+                for entry in entries {
+                    let (key, value) =
+                        entry.map_err(|e| anyhow::anyhow!("cannot parse token file {}: {e}", path.display()))?;
+                    match key.as_str() {
+                        ACCESS_TOKEN_VAR => access_token = Some(value),
+                        REFRESH_TOKEN_VAR => refresh_token = Some(value),
+                        _ => {}
+                    }
+                }
+                Ok(access_token.zip(refresh_token).map(|(access_token, refresh_token)| Tokens { access_token, refresh_token }))
+            }
+        }
+    }
+
     pub fn path(&self) -> &Path {
         match self {
             TokenFile::DotEnv(path) | TokenFile::Json(path) => path,
@@ -275,6 +309,35 @@ mod tests {
         let error = TokenFile::load_json(&path).unwrap_err().to_string();
 
         assert!(error.contains("tokens.json"), "{error}");
+    }
+
+    #[test]
+    fn format_follows_extension() {
+        assert!(matches!(TokenFile::for_path(Path::new("a/tokens.json")), TokenFile::Json(_)));
+        assert!(matches!(TokenFile::for_path(Path::new(".env")), TokenFile::DotEnv(_)));
+    }
+
+    #[test]
+    fn load_reads_both_formats() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = TokenFile::for_path(&dir.path().join(".env"));
+        let json = TokenFile::for_path(&dir.path().join("tokens.json"));
+        assert_eq!(env.load().unwrap(), None);
+
+        env.persist(&tokens()).unwrap();
+        json.persist(&tokens()).unwrap();
+
+        assert_eq!(env.load().unwrap(), Some(tokens()));
+        assert_eq!(json.load().unwrap(), Some(tokens()));
+    }
+
+    #[test]
+    fn load_needs_both_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".env");
+        std::fs::write(&path, "CTRADER_ACCESS_TOKEN=a\n").unwrap();
+
+        assert_eq!(TokenFile::for_path(&path).load().unwrap(), None);
     }
 
     #[test]

@@ -75,10 +75,19 @@ pub enum TransportError {
 
 /// Builds the TLS client configuration: Mozilla roots plus the certificates in `ca_file`.
 pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TransportError> {
+    tls_config_with_pem(ca_file, None)
+}
+
+/// Builds the TLS client configuration: Mozilla roots, the certificates in `ca_file`, and those
+/// in `ca_pem` (PEM text held in memory, such as an embedded simulator's CA).
+pub fn tls_config_with_pem(ca_file: Option<&Path>, ca_pem: Option<&str>) -> Result<Arc<rustls::ClientConfig>, TransportError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
         add_ca_file(&mut roots, path)?;
+    }
+    if let Some(pem) = ca_pem {
+        add_ca_pem(&mut roots, pem)?;
     }
 
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -104,6 +113,22 @@ fn add_ca_file(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), Tra
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
+    }
+    Ok(())
+}
+
+fn add_ca_pem(roots: &mut rustls::RootCertStore, pem: &str) -> Result<(), TransportError> {
+    let source = PathBuf::from("<in-memory CA>");
+    let certs = rustls_pemfile::certs(&mut pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TransportError::CaFileUnreadable { path: source.clone(), source: e })?;
+    if certs.is_empty() {
+        return Err(TransportError::CaFileEmpty { path: source });
+    }
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| TransportError::CaFileInvalid { path: source.clone(), reason: e.to_string() })?;
     }
     Ok(())
 }
@@ -168,21 +193,21 @@ fn handshake_error(host: &str, source: io::Error) -> TransportError {
     }
 }
 
+/// A private CA and server certificate for tests that need a real TLS server.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_pki {
+    use std::sync::Arc;
+
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
 
-    struct TestPki {
-        ca_pem: String,
-        server_config: Arc<rustls::ServerConfig>,
+    pub struct TestPki {
+        pub ca_pem: String,
+        pub server_config: Arc<rustls::ServerConfig>,
     }
 
     /// Builds a private CA and a `localhost` / `127.0.0.1` server certificate signed by it.
-    fn test_pki() -> TestPki {
+    pub fn test_pki() -> TestPki {
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let ca_key = KeyPair::generate().unwrap();
@@ -205,6 +230,15 @@ mod tests {
             .unwrap();
         TestPki { ca_pem: ca_cert.pem(), server_config: Arc::new(server_config) }
     }
+
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_pki::test_pki;
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
 
     /// Accepts one TLS connection and echoes one line back, so a successful handshake is visible.
     async fn spawn_tls_echo(server_config: Arc<rustls::ServerConfig>) -> SocketAddr {

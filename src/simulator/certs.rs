@@ -7,7 +7,7 @@ use anyhow::Context;
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-/// The DNS name on the server certificate; the certificate also covers 127.0.0.1.
+/// The DNS name on the server certificate; the certificate also covers 127.0.0.1 and ::1.
 pub const SERVER_NAME: &str = "localhost";
 
 /// A server TLS configuration and the PEM of the CA that signed its certificate.
@@ -16,7 +16,7 @@ pub(crate) struct ServerTls {
     pub ca_pem: String,
 }
 
-/// Generates a CA and a server certificate for `localhost` and 127.0.0.1.
+/// Generates a CA and a server certificate for `localhost`, 127.0.0.1 and ::1.
 pub(crate) fn generate() -> anyhow::Result<ServerTls> {
     let ca_key = KeyPair::generate().context("failed to generate the CA key")?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
@@ -27,7 +27,7 @@ pub(crate) fn generate() -> anyhow::Result<ServerTls> {
     let issuer = Issuer::new(ca_params, ca_key);
 
     let server_key = KeyPair::generate().context("failed to generate the server key")?;
-    let mut server_params = CertificateParams::new(vec![SERVER_NAME.to_string(), "127.0.0.1".to_string()])?;
+    let mut server_params = CertificateParams::new(vec![SERVER_NAME.to_string(), "127.0.0.1".to_string(), "::1".to_string()])?;
     server_params.distinguished_name.push(DnType::CommonName, SERVER_NAME);
     server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let server_cert = server_params.signed_by(&server_key, &issuer).context("failed to sign the server certificate")?;

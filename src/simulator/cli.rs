@@ -137,3 +137,65 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
     handle.shutdown().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: SimulateArgs,
+    }
+
+    #[test]
+    fn simulate_args_defaults_match_config() {
+        let args = Cli::parse_from(["simulate"]).args;
+        let config = args.to_config().unwrap();
+        let default = SimulatorConfig::default();
+        assert_eq!(config.listen, default.listen);
+        assert_eq!(config.heartbeat_interval, default.heartbeat_interval);
+        assert_eq!(config.idle_timeout, default.idle_timeout);
+        assert_eq!(config.duplicate_close_after, default.duplicate_close_after);
+        assert_eq!(config.rate_limit_per_s, 50);
+        assert_eq!(config.historical_rate_limit_per_s, 5);
+        assert_eq!(config.account_id, default.account_id);
+        assert_eq!(config.access_token_ttl, None);
+        assert_eq!(config.control, None);
+    }
+
+    #[test]
+    fn simulate_args_flags_override() {
+        let args = Cli::parse_from([
+            "simulate",
+            "--listen",
+            "127.0.0.1:0",
+            "--heartbeat-secs",
+            "0.5",
+            "--token-ttl-secs",
+            "60",
+            "--control",
+            "127.0.0.1:9000",
+            "--replay",
+            "ticks.csv",
+            "--speed",
+            "10",
+        ])
+        .args;
+        let config = args.to_config().unwrap();
+        assert_eq!(config.heartbeat_interval, Duration::from_millis(500));
+        assert_eq!(config.access_token_ttl, Some(Duration::from_secs(60)));
+        assert_eq!(config.control, Some("127.0.0.1:9000".parse().unwrap()));
+        assert_eq!(config.replay, Some(PathBuf::from("ticks.csv")));
+        assert_eq!(config.speed, 10.0);
+    }
+
+    #[test]
+    fn simulate_args_reject_negative_seconds() {
+        let args = Cli::parse_from(["simulate", "--idle-timeout-secs=-1"]).args;
+        let error = args.to_config().unwrap_err().to_string();
+        assert!(error.contains("--idle-timeout-secs -1"), "{error}");
+    }
+}

@@ -38,7 +38,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 type Transport = Framed<TlsStream<TcpStream>, FrameCodec>;
 
-/// How a connection ends.
+/// The kind of close that ends a connection.
 enum Close {
     /// TLS close_notify, then TCP FIN.
     Clean(String),
@@ -48,7 +48,7 @@ enum Close {
     Gone(String),
 }
 
-/// Whether the request loop carries on after a frame.
+/// The next step of the connection loop after an input.
 enum Flow {
     Continue,
     Close(Close),
@@ -81,6 +81,8 @@ impl RateWindow {
 /// One spot subscription on this connection.
 struct Subscription {
     with_timestamp: bool,
+    /// Book sequence of the last quote applied; older quotes still queued are skipped.
+    sequence: u64,
     /// Sides last sent, so later events carry only the side that changed.
     last_bid: Option<u64>,
     last_ask: Option<u64>,
@@ -172,9 +174,11 @@ impl Connection {
 
                 changed = silence.changed() => {
                     if changed.is_ok() && !*silence.borrow() {
-                        // Time spent silenced does not count against the client.
+                        // Time spent silenced does not count against the client, and quotes
+                        // queued meanwhile are old, so streaming restarts from the next change.
                         self.last_received = Instant::now();
                         heartbeat.reset();
+                        quotes = quotes.resubscribe();
                     }
                     Flow::Continue
                 }
@@ -294,10 +298,16 @@ impl Connection {
     // ---- Spot events ----
 
     async fn on_quote(&mut self, quote: Quote) -> Flow {
+        let Some(subscription) = self.subscriptions.get_mut(&quote.symbol_id) else { return Flow::Continue };
+        if quote.sequence <= subscription.sequence {
+            return Flow::Continue;
+        }
+        subscription.sequence = quote.sequence;
+
+        // Stalled quotes are consumed unsent, so the first event after resume is a current price.
         if self.shared.faults.ticks_stalled() {
             return Flow::Continue;
         }
-        let Some(subscription) = self.subscriptions.get_mut(&quote.symbol_id) else { return Flow::Continue };
 
         // cTrader sends only the side that changed.
         let bid = (subscription.last_bid != Some(quote.bid)).then_some(quote.bid);
@@ -565,7 +575,8 @@ impl Connection {
         let mut symbol_ids: Vec<i64> = request.symbol_id.clone();
         symbol_ids.dedup();
         for &symbol_id in &symbol_ids {
-            self.subscriptions.insert(symbol_id, Subscription { with_timestamp, last_bid: None, last_ask: None, periods: BTreeSet::new() });
+            let subscription = Subscription { with_timestamp, sequence: 0, last_bid: None, last_ask: None, periods: BTreeSet::new() };
+            self.subscriptions.insert(symbol_id, subscription);
             self.shared.market.add_subscriber(symbol_id);
         }
         let names: Vec<String> = symbol_ids.iter().filter_map(|s| spec(*s)).map(|s| normalise(s.broker_name)).collect();
@@ -580,6 +591,9 @@ impl Connection {
         // market is closed.
         for symbol_id in symbol_ids {
             let Some(quote) = self.shared.market.current(symbol_id) else { continue };
+            if let Some(subscription) = self.subscriptions.get_mut(&symbol_id) {
+                subscription.sequence = quote.sequence;
+            }
             if let Flow::Close(close) = self.send_spot(symbol_id, Some(quote.bid), Some(quote.ask)).await {
                 return Flow::Close(close);
             }

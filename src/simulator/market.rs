@@ -1,5 +1,5 @@
 //! Simulated prices: one order book per symbol, moved by a random walk or by a replayed tick
-//! file, with a bounded history from which trendbars and tick data are answered.
+//! file, with a bounded history from which trendbar and tick-data requests are served.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
@@ -22,13 +22,16 @@ const BACKFILL_STEP_MS: i64 = 30_000;
 /// Span of the synthetic history: the largest M1 request cTrader allows (3.5 days).
 const BACKFILL_SPAN_MS: i64 = 302_400_000;
 
-/// One book change. `bid_changed` and `ask_changed` say which side moved.
+/// A book after a change, prices in 1/100000 units. Connections work out which side moved by
+/// comparing with what they last sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Quote {
     pub symbol_id: i64,
     pub bid: u64,
     pub ask: u64,
     pub time_ms: i64,
+    /// Change counter of this symbol's book, so a receiver can skip quotes older than a snapshot.
+    pub sequence: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -42,6 +45,7 @@ struct Book {
     spec: &'static SymbolSpec,
     bid: u64,
     ask: u64,
+    sequence: u64,
     history: VecDeque<Point>,
 }
 
@@ -68,7 +72,7 @@ impl Market {
         for spec in SYMBOLS {
             let (bid, ask) = start_overrides.get(&spec.id).copied().unwrap_or((spec.start_bid, spec.start_bid + spec.spread()));
             let history = backfill(spec, bid, ask, now, &mut rng);
-            books.insert(spec.id, Book { spec, bid, ask, history });
+            books.insert(spec.id, Book { spec, bid, ask, sequence: 0, history });
         }
         let (quotes, _) = broadcast::channel(16_384);
         Self {
@@ -86,7 +90,7 @@ impl Market {
     /// Returns the current book of a symbol.
     pub fn current(&self, symbol_id: i64) -> Option<Quote> {
         let books = self.books.lock().expect("market lock");
-        books.get(&symbol_id).map(|b| Quote { symbol_id, bid: b.bid, ask: b.ask, time_ms: now_ms() })
+        books.get(&symbol_id).map(|b| Quote { symbol_id, bid: b.bid, ask: b.ask, time_ms: now_ms(), sequence: b.sequence })
     }
 
     pub fn add_subscriber(&self, symbol_id: i64) {
@@ -116,7 +120,7 @@ impl Market {
     /// neither side moved, in which case nothing is sent.
     pub fn apply(&self, symbol_id: i64, bid: u64, ask: u64) -> bool {
         let time_ms = now_ms();
-        {
+        let sequence = {
             let mut books = self.books.lock().expect("market lock");
             let Some(book) = books.get_mut(&symbol_id) else { return false };
             if book.bid == bid && book.ask == ask {
@@ -128,10 +132,14 @@ impl Market {
                 book.history.pop_front();
             }
             book.history.push_back(Point { time_ms, bid, ask });
-        }
+            book.sequence += 1;
 
-        // No receiver is normal while nobody is connected.
-        let _ = self.quotes.send(Quote { symbol_id, bid, ask, time_ms });
+            // Sending under the lock keeps quotes of one symbol in sequence order. It fails
+            // only when no connection is open, which is normal.
+            let _ = self.quotes.send(Quote { symbol_id, bid, ask, time_ms, sequence: book.sequence });
+            book.sequence
+        };
+        tracing::trace!(symbol_id, bid, ask, sequence, "book changed");
         true
     }
 
@@ -368,8 +376,10 @@ mod tests {
         let bars = market.bars(1, Period::H1, now - 86_400_000, now + 1);
         assert!(bars.len() >= 24, "one day of hourly bars, got {}", bars.len());
         for bar in &bars {
-            assert!(bar.low <= bar.open && bar.open <= bar.high);
-            assert!(bar.low <= bar.close && bar.close <= bar.high);
+            assert!(bar.low <= bar.open, "{bar:?}");
+            assert!(bar.open <= bar.high, "{bar:?}");
+            assert!(bar.low <= bar.close, "{bar:?}");
+            assert!(bar.close <= bar.high, "{bar:?}");
         }
 
         // The first and last hour are cut by the query range; every hour between is whole.

@@ -98,8 +98,8 @@ impl Default for SimulatorConfig {
     }
 }
 
-/// A running simulator. Dropping it without [`SimulatorHandle::shutdown`] leaves its tasks
-/// running until the runtime stops.
+/// A running simulator. Dropping it also stops every task, but without waiting for them;
+/// [`SimulatorHandle::shutdown`] waits.
 pub struct SimulatorHandle {
     addr: SocketAddr,
     control_addr: Option<SocketAddr>,

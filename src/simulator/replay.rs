@@ -140,22 +140,25 @@ fn parse_lean(row: &str, midnight_ms: i64) -> Option<ReplayTick> {
     Some(ReplayTick { time_ms: midnight_ms + offset, bid: parse_price(columns.next()?)?, ask: parse_price(columns.next()?)? })
 }
 
-/// Plays the file into the market, sleeping the recorded gap divided by `speed` before each
-/// tick, and starts again from the top at the end.
+/// Plays the file into the market with the recorded spacing divided by `speed`, and starts
+/// again from the top at the end.
 pub(crate) async fn run(market: Arc<Market>, file: ReplayFile, speed: f64, mut shutdown: watch::Receiver<bool>) {
     let speed = if speed > 0.0 { speed } else { 1.0 };
     tracing::info!(path = %file.path.display(), symbol = file.symbol.broker_name, ticks = file.ticks.len(), speed, "replay started");
 
+    let Some(first_ms) = file.ticks.first().map(|t| t.time_ms) else { return };
     loop {
-        let mut previous: Option<i64> = None;
+        // Each tick is due at its offset from the first one, divided by the speed. Sleeping
+        // until that instant, rather than for each gap, keeps fast replays on schedule even
+        // though timers cannot wait less than about a millisecond.
+        let started = tokio::time::Instant::now();
         for tick in &file.ticks {
-            let gap_ms = previous.map_or(0, |p| (tick.time_ms - p).max(0));
-            previous = Some(tick.time_ms);
-            if gap_ms > 0 {
-                let pause = Duration::from_secs_f64(gap_ms as f64 / 1000.0 / speed);
+            let offset_ms = (tick.time_ms - first_ms).max(0);
+            let due = started + Duration::from_secs_f64(offset_ms as f64 / 1000.0 / speed);
+            if due > tokio::time::Instant::now() {
                 tokio::select! {
                     _ = shutdown.changed() => return,
-                    _ = tokio::time::sleep(pause) => {}
+                    _ = tokio::time::sleep_until(due) => {}
                 }
             } else if *shutdown.borrow() {
                 return;

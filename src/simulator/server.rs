@@ -46,6 +46,8 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, acce
 
 async fn handle(shared: Arc<Shared>, acceptor: TlsAcceptor, tcp: TcpStream, peer: std::net::SocketAddr, id: u64, mut shutdown: watch::Receiver<bool>) {
     // refuse_tls: keep the TCP socket open without reading or handshaking until resume.
+    // NOTE: a held socket is released only on resume or shutdown, even if the client gives up
+    // earlier, because detecting its close would mean reading the ClientHello.
     let mut refuse = shared.faults.refuse_tls.subscribe();
     if *refuse.borrow_and_update() {
         info!(connection = id, %peer, "holding connection without a TLS handshake (refuse_tls fault)");
@@ -72,7 +74,11 @@ async fn handle(shared: Arc<Shared>, acceptor: TlsAcceptor, tcp: TcpStream, peer
         }
     }
 
-    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+    let handshake = tokio::select! {
+        _ = shutdown.changed() => return,
+        handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => handshake,
+    };
+    let stream = match handshake {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => {
             info!(connection = id, %peer, %error, "tls handshake failed");

@@ -41,7 +41,7 @@ pub(crate) struct Tokens {
     expired: bool,
 }
 
-/// Why a token was not accepted; both cases are `CH_ACCESS_TOKEN_INVALID` on the wire.
+/// The reason a token was rejected. Both cases are `CH_ACCESS_TOKEN_INVALID` on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum TokenProblem {
     Invalid,

@@ -127,7 +127,7 @@ macro_rules! spec {
     };
 }
 
-/// The symbols every simulated account sees. JPY pairs have 3 digits and pip position 2, the
+/// The symbols listed for every simulated account. JPY pairs have 3 digits and pip position 2, the
 /// other FX pairs 5 and 4, gold 2 and 1, silver 3 and 2.
 pub(crate) const SYMBOLS: &[SymbolSpec] = &[
     spec!(1, "EUR/USD", "Euro vs US Dollar", 5, 4, EUR, USD, 108_500, 6, 1),

@@ -1,0 +1,100 @@
+//! The `tickgate` binary as a user runs it: configuration errors exit with code 2 and name the
+//! value and the fix; `history` writes CSV from the embedded simulator.
+
+use std::process::{Command, Output};
+
+fn tickgate(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tickgate"))
+        .args(args)
+        // Keep a developer's own credentials and .env out of the test.
+        .env_remove("CTRADER_CLIENT_ID")
+        .env_remove("CTRADER_CLIENT_SECRET")
+        .env_remove("CTRADER_ACCESS_TOKEN")
+        .env_remove("CTRADER_REFRESH_TOKEN")
+        .env_remove("CTRADER_ACCOUNT_ID")
+        .current_dir(env!("CARGO_TARGET_TMPDIR"))
+        .output()
+        .expect("tickgate binary runs")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn malformed_date_exits_2_naming_value() {
+    let output = tickgate(&["history", "EURUSD", "--from", "2024-13-01"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("`2024-13-01`"), "{}", stderr(&output));
+    assert!(stderr(&output).contains("YYYY-MM-DD"), "{}", stderr(&output));
+}
+
+#[test]
+fn unknown_period_exits_2() {
+    let output = tickgate(&["history", "EURUSD", "--from", "2024-01-01", "--period", "M7"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("M7"), "{}", stderr(&output));
+}
+
+#[test]
+fn reversed_range_exits_2() {
+    let output = tickgate(&["history", "EURUSD", "--from", "2024-01-02", "--to", "2024-01-01"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("is not before"), "{}", stderr(&output));
+}
+
+#[test]
+fn partial_credentials_exit_2_naming_missing() {
+    let output = Command::new(env!("CARGO_BIN_EXE_tickgate"))
+        .args(["history", "EURUSD", "--from", "2024-01-01"])
+        .env("CTRADER_CLIENT_ID", "my-app")
+        .env_remove("CTRADER_CLIENT_SECRET")
+        .env_remove("CTRADER_ACCESS_TOKEN")
+        .env_remove("CTRADER_REFRESH_TOKEN")
+        .env_remove("CTRADER_ACCOUNT_ID")
+        .current_dir(env!("CARGO_TARGET_TMPDIR"))
+        .output()
+        .expect("tickgate binary runs");
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let text = stderr(&output);
+    assert!(text.contains("CTRADER_CLIENT_SECRET"), "{text}");
+    assert!(text.contains("CTRADER_ACCOUNT_ID"), "{text}");
+}
+
+#[test]
+fn history_writes_csv_from_simulator() {
+    let to = chrono::Utc::now();
+    let from = to - chrono::Duration::hours(2);
+    let from = from.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let to = to.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let output = tickgate(&["history", "EUR/USD", "--period", "m5", "--from", &from, "--to", &to]);
+    assert!(output.status.success(), "{}", stderr(&output));
+
+    let stdout = String::from_utf8(output.stdout).expect("CSV is UTF-8");
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some("timestamp,open,high,low,close,volume"));
+    let rows: Vec<&str> = lines.collect();
+    assert!(rows.len() >= 20, "expected about 24 five-minute bars in two hours, got {}", rows.len());
+
+    let mut previous = String::new();
+    for row in rows {
+        let fields: Vec<&str> = row.split(',').collect();
+        assert_eq!(fields.len(), 6, "row {row}");
+        assert!(fields[0] > previous.as_str(), "rows must be in time order: {row}");
+        previous = fields[0].to_string();
+
+        // EURUSD has 5 digits, so every price keeps exactly five decimals.
+        for price in &fields[1..5] {
+            assert_eq!(price.split('.').nth(1).map(str::len), Some(5), "price {price} in row {row}");
+        }
+        let [open, high, low, close]: [f64; 4] = [1, 2, 3, 4].map(|i| fields[i].parse().expect("price"));
+        assert!(low <= open && low <= close && high >= open && high >= close, "row {row}");
+    }
+}
+
+#[test]
+fn unknown_symbol_lists_available() {
+    let output = tickgate(&["history", "NOPE", "--from", "2024-01-01", "--to", "2024-01-02"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("EURUSD"), "{}", stderr(&output));
+}
