@@ -393,6 +393,8 @@ fn start_serve(log_dir: &Path) -> anyhow::Result<Serve> {
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("RUST_LOG", "info")
+        // The log goes to a file, which reads better without colour escapes.
+        .env("NO_COLOR", "1")
         .current_dir(working_dir.path())
         .args(["serve", "--listen", "127.0.0.1:0", "--sim-control", "127.0.0.1:0"])
         .args(["--stale-after-ms", &STALE_AFTER_MS.to_string()])
