@@ -1030,10 +1030,10 @@
       return;
     }
     const seconds = Math.max(0, Math.ceil((link.reconnectAt - Date.now()) / 1000));
-    const shown = model.status ? "The state shown is the last one received." : "No status received yet.";
+    const stateNote = model.status ? "The state shown is the last one received." : "No status received yet.";
     setText(
       elements.pageLinkBanner,
-      "This page lost its connection to tickgate (" + link.closeReason + "). " + shown + " Reconnecting in " +
+      "This page lost its connection to tickgate (" + link.closeReason + "). " + stateNote + " Reconnecting in " +
         seconds + " s, attempt " + link.attempt + ".",
     );
     elements.pageLinkBanner.hidden = false;
