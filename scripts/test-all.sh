@@ -24,8 +24,7 @@ cargo test --locked 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 
-# One closing line with the totals of every test binary, so a reader (or CI) sees at a glance
-# how many tests ran.
+# One closing line with the totals of every test binary shows at a glance how many tests ran.
 passed=$(grep -E '^test result:' "$log" | grep -oE '[0-9]+ passed' | awk '{sum += $1} END {print sum + 0}')
 failed=$(grep -E '^test result:' "$log" | grep -oE '[0-9]+ failed' | awk '{sum += $1} END {print sum + 0}')
 echo "tickgate: $passed passed, $failed failed"

@@ -84,7 +84,10 @@ fn history_writes_csv_from_simulator() {
             assert_eq!(price.split('.').nth(1).map(str::len), Some(5), "price {price} in row {row}");
         }
         let [open, high, low, close]: [f64; 4] = [1, 2, 3, 4].map(|i| fields[i].parse().expect("price"));
-        assert!(low <= open && low <= close && high >= open && high >= close, "row {row}");
+        assert!(low <= open, "low above open in row {row}");
+        assert!(low <= close, "low above close in row {row}");
+        assert!(high >= open, "high below open in row {row}");
+        assert!(high >= close, "high below close in row {row}");
     }
 }
 

@@ -5,7 +5,8 @@
 //! simulator and the gateway all normalise with this one function, so a name means the same
 //! symbol everywhere.
 
-/// Longest trailing `.suffix` treated as a broker suffix; a longer tail is part of the name.
+/// Maximum length of a trailing `.suffix` treated as a broker suffix; a longer tail is part of
+/// the name.
 const MAX_SUFFIX_LEN: usize = 4;
 
 /// Normalises a broker or user symbol name: `EUR/USD` → `EURUSD`, `usdjpy.p` → `USDJPY`.
