@@ -36,6 +36,8 @@ struct Options {
     tick_rate: f64,
     fsm: fsm::Config,
     gateway: GatewayConfig,
+    /// Pause of the session's subscription queue after a failed subscribe, before the retry.
+    retry_pause: Duration,
 }
 
 impl Default for Options {
@@ -47,7 +49,7 @@ impl Default for Options {
                 stale_after_ms: 400,
                 liveness_timeout_ms: 800,
                 heartbeat_interval_ms: 100,
-                // Long enough that a test sees Stale recover in place, without a reconnect.
+                // Long enough that Stale recovers in place during a test, without a reconnect.
                 stale_reconnect_after_ms: 5_000,
                 backoff_base_ms: 50,
                 backoff_cap_ms: 400,
@@ -60,6 +62,7 @@ impl Default for Options {
                 shutdown_timeout: Duration::from_secs(3),
                 ..GatewayConfig::default()
             },
+            retry_pause: Duration::from_millis(100),
         }
     }
 }
@@ -100,9 +103,9 @@ impl Stack {
         config.fsm = options.fsm;
         config.request_timeout = Duration::from_secs(2);
         config.subscribe_spacing = Duration::from_millis(5);
-        config.rate_limit_pause = Duration::from_millis(100);
+        config.rate_limit_pause = options.retry_pause;
 
-        // 2. The gateway first, so its hub sees the session's first transition. `session::spawn`
+        // 2. The gateway first, so its hub receives the session's first transition. `session::spawn`
         //    would start the driver before the hub subscribes to the events.
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -138,7 +141,7 @@ impl Stack {
         client
     }
 
-    /// The simulator's live spot subscriptions by symbol, without zero counts.
+    /// Returns the simulator's live spot subscriptions by symbol, without zero counts.
     fn upstream(&self) -> BTreeMap<String, usize> {
         self.sim.stats().subscriptions.into_iter().filter(|(_, count)| *count > 0).collect()
     }
@@ -288,7 +291,7 @@ async fn subscriptions_coalesce_upstream() {
     assert_eq!(health["upstreamSubscriptions"], 1, "{health}");
     assert_eq!(health["desiredSubscriptions"], 1, "{health}");
 
-    // The first unsubscribes and the second disconnects; the third still holds EURUSD.
+    // The first unsubscribes and the second disconnects, so only the third is subscribed to EURUSD.
     unsubscribe(&mut clients[0], &["EURUSD"]).await;
     let mut second = clients.remove(1);
     second.close(None).await.unwrap();
@@ -439,6 +442,36 @@ async fn upstream_subscribe_error_reaches_client() {
 
     let text = stack.metrics().await;
     assert_eq!(metric_value(&text, "tickgate_client_errors_total{code=\"SUBSCRIPTION_FAILED\"}"), Some(2.0));
+
+    drop(client);
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_subscribe_error_reaches_client() {
+    // A one-second pause between attempts leaves time to inject the next failure.
+    let stack = Stack::start(|options| options.retry_pause = Duration::from_secs(1)).await;
+    let mut client = stack.client().await;
+
+    // The session makes three attempts, and each injected fault fails one request.
+    stack.sim.inject(Fault::ErrorNextSubscribe { code: "INVALID_REQUEST".into() });
+    subscribe(&mut client, &["EURCHF"]).await;
+    for attempt in 1..=2 {
+        eventually(&format!("subscribe attempt {attempt} reaches the simulator"), || {
+            stack.requests("ProtoOASubscribeSpotsReq") == attempt
+        })
+        .await;
+        stack.sim.inject(Fault::ErrorNextSubscribe { code: "INVALID_REQUEST".into() });
+    }
+
+    let error = frame_of_type(&mut client, "error").await;
+    assert_eq!(error["code"], "SUBSCRIPTION_FAILED", "{error}");
+    assert_eq!(error["symbol"], "EURCHF", "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("INVALID_REQUEST"), "{error}");
+    assert!(message.contains("after 3 attempts"), "{error}");
+    assert_eq!(stack.requests("ProtoOASubscribeSpotsReq"), 3);
+    stack.wait_upstream(&[]).await;
 
     drop(client);
     stack.shutdown().await;

@@ -29,18 +29,18 @@ pub async fn connect(url: &str) -> Client {
 }
 
 /// Reads the next text frame as raw text, skipping pings and pongs, before `deadline`.
-pub async fn next_text_before(client: &mut Client, deadline: Instant, what: &str) -> String {
+pub async fn next_text_before(client: &mut Client, deadline: Instant, expected: &str) -> String {
     loop {
         let message = match tokio::time::timeout_at(deadline, client.next()).await {
-            Err(_) => panic!("timed out waiting for {what}"),
-            Ok(None) => panic!("connection ended while waiting for {what}"),
-            Ok(Some(Err(err))) => panic!("connection failed while waiting for {what}: {err}"),
+            Err(_) => panic!("timed out waiting for {expected}"),
+            Ok(None) => panic!("connection ended while waiting for {expected}"),
+            Ok(Some(Err(err))) => panic!("connection failed while waiting for {expected}: {err}"),
             Ok(Some(Ok(message))) => message,
         };
         match message {
             Message::Text(text) => return text.to_string(),
             Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("expected a text frame while waiting for {what}, got {other:?}"),
+            other => panic!("expected a text frame while waiting for {expected}, got {other:?}"),
         }
     }
 }
@@ -48,10 +48,10 @@ pub async fn next_text_before(client: &mut Client, deadline: Instant, what: &str
 /// Reads frames until one satisfies `matches`, skipping the others, and returns it with its raw
 /// text. Fails the test when none arrives within [`WAIT`], so a steady stream of other frames
 /// (ticks, heartbeats) cannot keep it waiting forever.
-pub async fn wait_frame(client: &mut Client, what: &str, mut matches: impl FnMut(&Value) -> bool) -> (Value, String) {
+pub async fn wait_frame(client: &mut Client, expected: &str, mut matches: impl FnMut(&Value) -> bool) -> (Value, String) {
     let deadline = Instant::now() + WAIT;
     loop {
-        let text = next_text_before(client, deadline, what).await;
+        let text = next_text_before(client, deadline, expected).await;
         let frame: Value = serde_json::from_str(&text).unwrap_or_else(|err| panic!("frame is not JSON ({err}): {text}"));
         if matches(&frame) {
             return (frame, text);
@@ -181,11 +181,11 @@ pub fn metric_value(text: &str, sample: &str) -> Option<f64> {
     text.lines().find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
 }
 
-/// Polls `condition` every 20 ms until it holds, failing the test after [`WAIT`] with `what`.
-pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+/// Polls `condition` every 20 ms until it is true, failing the test after [`WAIT`] with `expected`.
+pub async fn eventually(expected: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        assert!(Instant::now() < deadline, "timed out waiting until {expected}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
