@@ -1,5 +1,6 @@
 //! Subcommands of the `tickgate` binary, each with its clap arguments and a `run` function.
 
+pub mod bench;
 pub mod connection;
 pub mod diagram;
 pub mod history;
