@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every tickgate test on a fresh machine: installs what the tests need (a Rust toolchain is
 # assumed; Chromium and ChromeDriver for the dashboard's browser test come from Debian's
-# packages), then runs the whole suite.
+# packages), checks that the benchmarks build, runs the whole suite and prints one total line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,4 +14,18 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 
-cargo test --locked --all-targets
+# Benchmarks are measured with `cargo bench`, not run here; they must still compile.
+cargo bench --locked --no-run
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --locked 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+
+# One closing line with the totals of every test binary shows at a glance how many tests ran.
+passed=$(grep -E '^test result:' "$log" | grep -oE '[0-9]+ passed' | awk '{sum += $1} END {print sum + 0}')
+failed=$(grep -E '^test result:' "$log" | grep -oE '[0-9]+ failed' | awk '{sum += $1} END {print sum + 0}')
+echo "tickgate: $passed passed, $failed failed"
+exit "$status"

@@ -32,6 +32,8 @@ enum Command {
     Replay(commands::replay::ReplayArgs),
     /// Print the state diagram derived from the state machine.
     Diagram(commands::diagram::DiagramArgs),
+    /// Measure end-to-end throughput, latency and detection times on this machine.
+    Bench(commands::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
             Command::History(args) => commands::history::run(args).await.map(|()| ExitCode::SUCCESS),
             Command::Replay(args) => commands::replay::run(args),
             Command::Diagram(args) => commands::diagram::run(args),
+            Command::Bench(args) => commands::bench::run(args).await.map(|()| ExitCode::SUCCESS),
         }
     });
 

@@ -36,3 +36,14 @@ fn mermaid_diagram_is_current() {
 fn dot_diagram_is_current() {
     check_committed("connection.dot", "dot", &diagram::explore().to_dot());
 }
+
+#[test]
+fn readme_shows_committed_diagram() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md is readable");
+    let diagram = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/fsm-diagrams/connection.mmd"))
+        .expect("fsm-diagrams/connection.mmd is readable");
+    assert!(
+        readme.contains(&format!("```mermaid\n{diagram}```")),
+        "README.md's mermaid block differs from fsm-diagrams/connection.mmd; paste the file's content into the block"
+    );
+}

@@ -9,7 +9,7 @@ use clap::Args;
 use crate::fsm;
 use crate::session::transport::{DEMO_HOST, LIVE_HOST, OPEN_API_PORT};
 
-/// Where to connect and as whom.
+/// The cTrader endpoint and the credentials to use there.
 #[derive(Args, Clone, Debug)]
 pub struct ConnectionArgs {
     /// cTrader Open API host. Defaults to the demo host when credentials are given.
@@ -52,7 +52,7 @@ pub struct ConnectionArgs {
     #[arg(long, env = "CTRADER_ACCOUNT_ID")]
     pub account_id: Option<i64>,
 
-    /// File that holds the tokens and receives refreshed ones; defaults to `.env` when the
+    /// File that contains the tokens and receives refreshed ones; defaults to `.env` when the
     /// tokens came from there.
     #[arg(long, env = "CTRADER_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,

@@ -1,6 +1,6 @@
 //! `tickgate history`: fetch historical trendbars and write them as CSV to stdout.
 //!
-//! cTrader limits the time span of one `ProtoOAGetTrendbarsReq` by period and answers a larger
+//! cTrader limits the time span of one `ProtoOAGetTrendbarsReq` by period and rejects a larger
 //! one with INCORRECT_BOUNDARIES, so the range is split into chunks of the allowed span. Within
 //! a chunk, `hasMore` means the server cut the answer; the request is repeated with
 //! `toTimestamp` moved back to the earliest bar received.
@@ -33,7 +33,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often a rate-limited request is retried before the command gives up.
 const RATE_LIMIT_RETRIES: u32 = 5;
 
-/// Most requests one run may send, so a server that keeps answering `hasMore` cannot loop it.
+/// Maximum number of requests in one run, so a server that keeps sending `hasMore` cannot loop it.
 const MAX_REQUESTS: usize = 10_000;
 
 #[derive(Args, Debug)]
@@ -162,7 +162,7 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<()> {
         },
         None => {
             let config = SimulatorConfig { listen: ([127, 0, 0, 1], 0).into(), ..SimulatorConfig::default() };
-            let handle = SimulatorHandle::start(config).await.context("cannot start the embedded simulator")?;
+            let handle = SimulatorHandle::start(config).await.context("failed to start the embedded simulator")?;
             info!("no cTrader credentials configured, so history comes from the embedded simulator");
             let target = Target::for_simulator(&handle)?;
             simulator = Some(handle);
@@ -177,7 +177,7 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<()> {
     result
 }
 
-/// Where to connect, and the credentials to use there.
+/// The endpoint to connect to, and the credentials to use there.
 struct Target {
     host: String,
     port: u16,
@@ -297,7 +297,7 @@ async fn fetch_and_print(target: &Target, symbol: &str, period: Period, from_ms:
             }
             debug!(chunk_from, chunk_to, bars = response.trendbar.len(), has_more = ?response.has_more, "trendbars received");
 
-            // Continue only while the server says there is more and the window shrinks.
+            // Continue only while the server reports more bars and the window shrinks.
             if response.has_more != Some(true) || earliest <= chunk_from || earliest >= chunk_to {
                 break;
             }
@@ -379,7 +379,7 @@ impl Client {
     }
 }
 
-/// The server answered a request with an error response.
+/// An error response from the server to a request.
 #[derive(Debug, thiserror::Error)]
 #[error("cTrader rejected the request: {0}")]
 struct RequestRejected(ApiError);

@@ -67,7 +67,7 @@ pub struct GatewayArgs {
     #[arg(long, env = "TICKGATE_MAX_MESSAGE_BYTES", default_value_t = GatewayConfig::default().max_message_bytes)]
     pub max_message_bytes: usize,
 
-    /// Most symbols one client may subscribe to.
+    /// Maximum number of symbols one client may subscribe to.
     #[arg(long, env = "TICKGATE_MAX_SUBSCRIPTIONS", default_value_t = GatewayConfig::default().max_subscriptions_per_client)]
     pub max_subscriptions: usize,
 
@@ -75,7 +75,7 @@ pub struct GatewayArgs {
     #[arg(long, env = "TICKGATE_CLIENT_QUEUE", default_value_t = GatewayConfig::default().client_queue_capacity)]
     pub client_queue: usize,
 
-    /// Most WebSocket clients at once.
+    /// Maximum number of WebSocket clients at once.
     #[arg(long, env = "TICKGATE_MAX_CLIENTS", default_value_t = GatewayConfig::default().max_clients)]
     pub max_clients: usize,
 }
@@ -106,7 +106,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 control: Some(args.sim_control),
                 ..SimulatorConfig::default()
             };
-            let handle = SimulatorHandle::start(config).await.context("cannot start the embedded simulator")?;
+            let handle = SimulatorHandle::start(config).await.context("failed to start the embedded simulator")?;
             info!(
                 simulator = %handle.addr(),
                 "no cTrader credentials configured, so tickgate streams from its embedded simulator; \

@@ -198,9 +198,9 @@ fn parse_symbols(
     Ok((symbols, rejected))
 }
 
-/// Normalises a client's symbol the way the session names them: no `/`, upper case.
+/// Normalises a client's symbol the way the session names them, then checks its characters.
 pub fn normalize_symbol(original: &str) -> Result<String, ClientError> {
-    let symbol: String = original.trim().chars().filter(|c| *c != '/').collect::<String>().to_ascii_uppercase();
+    let symbol = crate::protocol::symbol_name::normalise(original);
 
     if symbol.is_empty() {
         return Err(ClientError::for_symbol(

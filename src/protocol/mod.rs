@@ -5,6 +5,7 @@ pub mod correlation;
 pub mod error;
 pub mod message;
 pub mod price;
+pub mod symbol_name;
 pub mod tick;
 pub mod tickdata;
 pub mod trendbar;

@@ -10,31 +10,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::protocol::pb;
-
-/// Longest trailing `.suffix` treated as a broker suffix; a longer tail is part of the name.
-const MAX_SUFFIX_LEN: usize = 4;
-
-/// Normalises a broker or user symbol name: `EUR/USD` → `EURUSD`, `usdjpy.p` → `USDJPY`.
-pub fn normalise(name: &str) -> String {
-    let (base, _) = split_suffix(name.trim());
-    base.chars().filter(|c| *c != '/' && !c.is_whitespace()).collect::<String>().to_ascii_uppercase()
-}
-
-/// Splits a trailing broker suffix (`.P`, `.r`, `.m1`) off a name; returns the base and whether
-/// there was one.
-fn split_suffix(name: &str) -> (&str, bool) {
-    match name.rsplit_once('.') {
-        Some((base, suffix))
-            if !base.is_empty()
-                && !suffix.is_empty()
-                && suffix.len() <= MAX_SUFFIX_LEN
-                && suffix.chars().all(|c| c.is_ascii_alphanumeric()) =>
-        {
-            (base, true)
-        }
-        _ => (name, false),
-    }
-}
+use crate::protocol::symbol_name::split_suffix;
+pub use crate::protocol::symbol_name::normalise;
 
 /// Returns true when `broker_name` carries no broker suffix.
 fn is_plain(broker_name: &str) -> bool {

@@ -131,6 +131,21 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
     if let Some(control) = handle.control_addr() {
         println!("  control:        http://{control}/stats, POST http://{control}/fault with {{\"kind\": \"drop\"}}");
     }
+    if let Some(path) = &args.ca_out {
+        println!("Connect tickgate to it with:");
+        println!(
+            "  CTRADER_HOST={} CTRADER_PORT={} CTRADER_CA_FILE={} CTRADER_CLIENT_ID={} CTRADER_CLIENT_SECRET={} \\",
+            handle.server_name(),
+            handle.addr().port(),
+            path.display(),
+            config.client_id,
+            config.client_secret
+        );
+        println!(
+            "  CTRADER_ACCESS_TOKEN={} CTRADER_REFRESH_TOKEN={} CTRADER_ACCOUNT_ID={} tickgate serve",
+            config.access_token, config.refresh_token, config.account_id
+        );
+    }
     println!("Press Ctrl-C to stop.");
 
     tokio::signal::ctrl_c().await.context("failed to listen for Ctrl-C")?;

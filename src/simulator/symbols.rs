@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::pb;
+pub use crate::protocol::symbol_name::normalise;
 
 /// A symbol as the simulator publishes it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,17 +85,6 @@ impl SymbolSpec {
             swap_short: Some(1.2),
         }
     }
-}
-
-/// Normalises a broker symbol name: drops `/`, drops a trailing `.suffix` of letters and
-/// digits (such as `.P` or `.r1`) and upper-cases the rest.
-pub fn normalise(broker_name: &str) -> String {
-    let trimmed = broker_name.trim();
-    let base = match trimmed.rsplit_once('.') {
-        Some((head, suffix)) if !head.is_empty() && !suffix.is_empty() && suffix.chars().all(|c| c.is_ascii_alphanumeric()) => head,
-        _ => trimmed,
-    };
-    base.chars().filter(|c| *c != '/').collect::<String>().to_ascii_uppercase()
 }
 
 // Asset ids as on a cTrader demo server: each currency or metal has one id.
