@@ -20,10 +20,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
+use hdrhistogram::Histogram;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use self::clients::{ClientEnd, Phase, Window, SLOW_CLIENT_CLOSE_CODE};
+use self::clients::{ClientEnd, ClientOutcome, Phase, Window, SLOW_CLIENT_CLOSE_CODE};
 use self::detect::Thresholds;
 use self::gateway::{Gateway, GatewayOptions, ProcessSample, Upstream};
 use self::report::{BenchReport, Detection, GatewayUsage, Load, Machine, Percentiles, Settings, SlowClients};
@@ -192,28 +194,12 @@ async fn run_against(
     let symbols = pick_symbols(simulator, args.symbols)?;
 
     // 1. Start the gateway against the simulator, and wait until its session is ready.
-    let ca_file = work_dir.path.join("simulator-ca.pem");
-    std::fs::write(&ca_file, simulator.ca_pem()).with_context(|| format!("cannot write {}", ca_file.display()))?;
     let serve_exe = match &args.serve_exe {
         Some(path) => path.clone(),
         None => std::env::current_exe().context("cannot find the tickgate executable")?,
     };
-    let serve_args: Vec<String> = vec![
-        "--stale-after-ms".into(),
-        args.stale_after_ms.to_string(),
-        "--liveness-timeout-ms".into(),
-        args.liveness_timeout_ms.to_string(),
-        "--backoff-base-ms".into(),
-        args.backoff_base_ms.to_string(),
-    ];
-    let mut gateway = Gateway::start(GatewayOptions {
-        exe: &serve_exe,
-        upstream,
-        ca_file: &ca_file,
-        extra_args: serve_args.clone(),
-        log_file: work_dir.path.join("gateway.log"),
-    })
-    .await?;
+    let serve_args = serve_args(args);
+    let mut gateway = start_gateway(&serve_exe, &serve_args, simulator, upstream, work_dir).await?;
     wait_until_ready(simulator, &mut gateway).await?;
     tokio::time::sleep(SETTLE).await;
     let idle = gateway.sample()?;
@@ -223,20 +209,7 @@ async fn run_against(
     let subscribe: Arc<str> = Arc::from(wire::subscribe_request(&symbols));
     let window = Arc::new(Window::new());
     let (phase_tx, phase_rx) = watch::channel(Phase::Idle);
-    let mut fast_tasks = Vec::with_capacity(args.clients);
-    for index in 0..args.clients {
-        let ws = clients::connect(gateway.ws_url(), None)
-            .await
-            .with_context(|| format!("client {index} cannot connect (with many clients, check the open files limit, ulimit -n)"))?;
-        fast_tasks.push(tokio::spawn(clients::run_fast_client(ws, subscribe.clone(), phase_rx.clone(), window.clone())));
-    }
-    let mut slow_tasks = Vec::with_capacity(args.slow_clients);
-    for index in 0..args.slow_clients {
-        let ws = clients::connect(gateway.ws_url(), clients::slow_client_recv_buffer())
-            .await
-            .with_context(|| format!("slow client {index} cannot connect"))?;
-        slow_tasks.push(tokio::spawn(clients::run_slow_client(ws, subscribe.clone(), phase_rx.clone())));
-    }
+    let (fast_tasks, slow_tasks) = connect_clients(args, gateway.ws_url(), &subscribe, &phase_rx, &window).await?;
     tokio::time::sleep(SETTLE).await;
     gateway.check_running()?;
     let with_idle_clients = gateway.sample()?;
@@ -267,80 +240,10 @@ async fn run_against(
     // 4. Close the clients and collect what they measured.
     phase_tx.send_replace(Phase::Stop);
     let deadline = tokio::time::Instant::now() + CLIENTS_DONE_TIMEOUT;
-    let mut latency = clients::new_latency_histogram();
-    let mut delivered = 0;
-    let mut invalid_frames = 0;
-    let mut fast_lost = 0;
-    let mut fast_closed_slow = 0;
-    let mut delivered_whole_run = 0;
-    let mut first_lost_at_us: Option<u64> = None;
-    for task in fast_tasks {
-        let outcome = tokio::time::timeout_at(deadline, task)
-            .await
-            .context("clients did not finish in time")?
-            .context("a client task failed")?;
-        delivered += outcome.window_ticks;
-        delivered_whole_run += outcome.total_ticks;
-        if let Some(at_us) = outcome.ended_early_at_us {
-            first_lost_at_us = Some(first_lost_at_us.map_or(at_us, |first| first.min(at_us)));
-        }
-        invalid_frames += outcome.invalid_frames;
-        latency.add(&outcome.latency_us).context("cannot merge latency histograms")?;
-        match outcome.end {
-            ClientEnd::ClosedByClient => {}
-            ClientEnd::ClosedByGateway { code } => {
-                fast_lost += 1;
-                if code == SLOW_CLIENT_CLOSE_CODE {
-                    fast_closed_slow += 1;
-                }
-            }
-            ClientEnd::Lost { error } => {
-                warn!(error = %error, "client connection lost during the run");
-                fast_lost += 1;
-            }
-        }
-    }
-    let mut slow = SlowClients {
-        clients: args.slow_clients,
-        closed_4002: 0,
-        closed_otherwise: 0,
-        still_open: 0,
-        gateway_count: None,
-    };
-    for task in slow_tasks {
-        let end = tokio::time::timeout_at(deadline, task)
-            .await
-            .context("slow clients did not finish in time")?
-            .context("a slow client task failed")?;
-        match end {
-            ClientEnd::ClosedByGateway { code } if code == SLOW_CLIENT_CLOSE_CODE => slow.closed_4002 += 1,
-            ClientEnd::ClosedByClient => slow.still_open += 1,
-            other => {
-                // Seen when the close frame could not get past the full buffers before the
-                // gateway gave up on the close handshake.
-                info!(end = ?other, "slow client ended without a 4002 close frame");
-                slow.closed_otherwise += 1;
-            }
-        }
-    }
-
-    let metrics = match gateway.fetch_metrics().await {
-        Ok(metrics) => metrics,
-        Err(error) => {
-            warn!(error = %error, "cannot read the gateway's metrics");
-            Default::default()
-        }
-    };
-    let counter = |name: &str| metrics.get(name).map(|value| *value as u64);
-    slow.gateway_count = counter("tickgate_slow_client_disconnects_total");
-    let hub_lagged_events = counter("tickgate_hub_lagged_events_total");
-    let gateway_mean_latency_to_write_ms = match (
-        metrics.get("tickgate_tick_latency_seconds_sum"),
-        metrics.get("tickgate_tick_latency_seconds_count"),
-    ) {
-        (Some(sum_s), Some(count)) if *count > 0.0 => Some(sum_s * 1000.0 / count),
-        _ => None,
-    };
+    let fast = collect_fast_clients(fast_tasks, deadline).await?;
+    let mut slow = collect_slow_clients(slow_tasks, deadline).await?;
+    let counters = GatewayCounters::fetch(&gateway).await;
+    slow.gateway_count = counters.slow_client_disconnects;
 
     // 5. Fault detection, with one client watching the status frames.
     let thresholds = Thresholds {
@@ -361,6 +264,7 @@ async fn run_against(
     let samples = Samples { idle, with_idle_clients, before, after, bench_before, bench_after };
     let upstream_ticks_per_s = spot_events_after.saturating_sub(spot_events_before) as f64 / window_s;
     let expected_per_s = upstream_ticks_per_s * args.clients as f64;
+    let delivered = fast.window_ticks;
     let delivered_per_s = delivered as f64 / window_s;
     Ok(BenchReport {
         tickgate_version: env!("CARGO_PKG_VERSION"),
@@ -385,20 +289,184 @@ async fn run_against(
             delivered_per_s,
             expected_per_s,
             delivery_ratio: if expected_per_s > 0.0 { delivered_per_s / expected_per_s } else { 0.0 },
-            invalid_frames,
-            fast_clients_lost: fast_lost,
-            fast_clients_closed_4002: fast_closed_slow,
-            first_client_lost_after_s: first_lost_at_us.map(|at_us| at_us.saturating_sub(subscribed_at_us) as f64 / 1e6),
-            delivered_messages_whole_run: delivered_whole_run,
-            hub_lagged_events,
-            latency_us: Percentiles::from_histogram(&latency),
-            gateway_mean_latency_to_write_ms,
+            invalid_frames: fast.invalid_frames,
+            fast_clients_lost: fast.lost,
+            fast_clients_closed_4002: fast.closed_4002,
+            first_client_lost_after_s: fast.first_lost_at_us.map(|at_us| at_us.saturating_sub(subscribed_at_us) as f64 / 1e6),
+            delivered_messages_whole_run: fast.total_ticks,
+            hub_lagged_events: counters.hub_lagged_events,
+            latency_us: Percentiles::from_histogram(&fast.latency_us),
+            gateway_mean_latency_to_write_ms: counters.mean_latency_to_write_ms,
             latency_resolution_us: TIMESTAMP_RESOLUTION_US,
         },
         gateway: gateway_usage(pid, &samples, window_s, delivered, connected),
         slow_clients: slow,
         detection: Detection { thresholds, rounds },
     })
+}
+
+/// Returns the flags the gateway under test gets after `serve --listen 127.0.0.1:0`.
+fn serve_args(args: &BenchArgs) -> Vec<String> {
+    vec![
+        "--stale-after-ms".into(),
+        args.stale_after_ms.to_string(),
+        "--liveness-timeout-ms".into(),
+        args.liveness_timeout_ms.to_string(),
+        "--backoff-base-ms".into(),
+        args.backoff_base_ms.to_string(),
+    ]
+}
+
+/// Writes the simulator's CA next to the gateway's log and starts `tickgate serve` against it.
+async fn start_gateway(
+    serve_exe: &Path,
+    serve_args: &[String],
+    simulator: &SimulatorHandle,
+    upstream: &Upstream,
+    work_dir: &WorkDir,
+) -> anyhow::Result<Gateway> {
+    let ca_file = work_dir.path.join("simulator-ca.pem");
+    std::fs::write(&ca_file, simulator.ca_pem()).with_context(|| format!("cannot write {}", ca_file.display()))?;
+    Gateway::start(GatewayOptions {
+        exe: serve_exe,
+        upstream,
+        ca_file: &ca_file,
+        extra_args: serve_args.to_vec(),
+        log_file: work_dir.path.join("gateway.log"),
+    })
+    .await
+}
+
+/// Connects the fast and the slow clients one after another and starts their tasks.
+async fn connect_clients(
+    args: &BenchArgs,
+    url: &str,
+    subscribe: &Arc<str>,
+    phase: &watch::Receiver<Phase>,
+    window: &Arc<Window>,
+) -> anyhow::Result<(Vec<JoinHandle<ClientOutcome>>, Vec<JoinHandle<ClientEnd>>)> {
+    let mut fast_tasks = Vec::with_capacity(args.clients);
+    for index in 0..args.clients {
+        let ws = clients::connect(url, None)
+            .await
+            .with_context(|| format!("client {index} cannot connect (with many clients, check the open files limit, ulimit -n)"))?;
+        fast_tasks.push(tokio::spawn(clients::run_fast_client(ws, subscribe.clone(), phase.clone(), window.clone())));
+    }
+
+    let mut slow_tasks = Vec::with_capacity(args.slow_clients);
+    for index in 0..args.slow_clients {
+        let ws = clients::connect(url, clients::slow_client_recv_buffer())
+            .await
+            .with_context(|| format!("slow client {index} cannot connect"))?;
+        slow_tasks.push(tokio::spawn(clients::run_slow_client(ws, subscribe.clone(), phase.clone())));
+    }
+    Ok((fast_tasks, slow_tasks))
+}
+
+/// Totals over the fast clients.
+struct FastTotals {
+    window_ticks: u64,
+    total_ticks: u64,
+    invalid_frames: u64,
+    latency_us: Histogram<u64>,
+    /// Clients whose connection ended before the end of the run.
+    lost: usize,
+    /// Of those, the ones the gateway closed with 4002.
+    closed_4002: usize,
+    /// Unix microseconds of the first early end.
+    first_lost_at_us: Option<u64>,
+}
+
+async fn collect_fast_clients(tasks: Vec<JoinHandle<ClientOutcome>>, deadline: tokio::time::Instant) -> anyhow::Result<FastTotals> {
+    let mut totals = FastTotals {
+        window_ticks: 0,
+        total_ticks: 0,
+        invalid_frames: 0,
+        latency_us: clients::new_latency_histogram(),
+        lost: 0,
+        closed_4002: 0,
+        first_lost_at_us: None,
+    };
+    for task in tasks {
+        let outcome = tokio::time::timeout_at(deadline, task)
+            .await
+            .context("clients did not finish in time")?
+            .context("a client task failed")?;
+        totals.window_ticks += outcome.window_ticks;
+        totals.total_ticks += outcome.total_ticks;
+        totals.invalid_frames += outcome.invalid_frames;
+        totals.latency_us.add(&outcome.latency_us).context("cannot merge latency histograms")?;
+        if let Some(at_us) = outcome.ended_early_at_us {
+            totals.first_lost_at_us = Some(totals.first_lost_at_us.map_or(at_us, |first| first.min(at_us)));
+        }
+        match outcome.end {
+            ClientEnd::ClosedByClient => {}
+            ClientEnd::ClosedByGateway { code } => {
+                totals.lost += 1;
+                if code == SLOW_CLIENT_CLOSE_CODE {
+                    totals.closed_4002 += 1;
+                }
+            }
+            ClientEnd::Lost { error } => {
+                warn!(error = %error, "client connection lost during the run");
+                totals.lost += 1;
+            }
+        }
+    }
+    Ok(totals)
+}
+
+async fn collect_slow_clients(tasks: Vec<JoinHandle<ClientEnd>>, deadline: tokio::time::Instant) -> anyhow::Result<SlowClients> {
+    let mut slow = SlowClients { clients: tasks.len(), closed_4002: 0, closed_otherwise: 0, still_open: 0, gateway_count: None };
+    for task in tasks {
+        let end = tokio::time::timeout_at(deadline, task)
+            .await
+            .context("slow clients did not finish in time")?
+            .context("a slow client task failed")?;
+        match end {
+            ClientEnd::ClosedByGateway { code } if code == SLOW_CLIENT_CLOSE_CODE => slow.closed_4002 += 1,
+            ClientEnd::ClosedByClient => slow.still_open += 1,
+            other => {
+                // Seen when the close frame could not get past the full buffers before the
+                // gateway gave up on the close handshake.
+                info!(end = ?other, "slow client ended without a 4002 close frame");
+                slow.closed_otherwise += 1;
+            }
+        }
+    }
+    Ok(slow)
+}
+
+/// Counters from the gateway's `/metrics`; each is `None` when it could not be read.
+struct GatewayCounters {
+    slow_client_disconnects: Option<u64>,
+    hub_lagged_events: Option<u64>,
+    mean_latency_to_write_ms: Option<f64>,
+}
+
+impl GatewayCounters {
+    async fn fetch(gateway: &Gateway) -> Self {
+        let metrics = match gateway.fetch_metrics().await {
+            Ok(metrics) => metrics,
+            Err(error) => {
+                warn!(error = %error, "cannot read the gateway's metrics");
+                Default::default()
+            }
+        };
+        let counter = |name: &str| metrics.get(name).map(|value| *value as u64);
+        let mean_latency_to_write_ms = match (
+            metrics.get("tickgate_tick_latency_seconds_sum"),
+            metrics.get("tickgate_tick_latency_seconds_count"),
+        ) {
+            (Some(sum_s), Some(count)) if *count > 0.0 => Some(sum_s * 1000.0 / count),
+            _ => None,
+        };
+        Self {
+            slow_client_disconnects: counter("tickgate_slow_client_disconnects_total"),
+            hub_lagged_events: counter("tickgate_hub_lagged_events_total"),
+            mean_latency_to_write_ms,
+        }
+    }
 }
 
 /// Readings of the gateway process, and of the bench process around the window.
