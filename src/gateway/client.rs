@@ -39,6 +39,10 @@ enum Stop {
 }
 
 /// Runs one accepted client until it leaves, is closed as slow, or the server shuts down.
+/// Maximum number of queued frames written between two flushes, so one busy client still
+/// yields to its own requests and to eviction.
+const MAX_FRAMES_PER_FLUSH: usize = 64;
+
 pub(crate) async fn run(socket: WebSocket, state: Arc<GatewayState>, peer: SocketAddr, permit: OwnedSemaphorePermit) {
     let id = state.next_client_id.fetch_add(1, Ordering::Relaxed);
     state.metrics.clients_accepted.fetch_add(1, Ordering::Relaxed);
@@ -124,7 +128,7 @@ impl Connection {
                     Some(Ok(eviction)) => Err(Stop::Close { code: eviction.code, reason: eviction.reason }),
                     _ => Err(going_away()),
                 },
-                Next::Outbound(Some(outbound)) => self.write_outbound(outbound).await,
+                Next::Outbound(Some(outbound)) => self.write_queued(outbound).await,
                 Next::Incoming(Some(Ok(message))) => self.handle_message(message).await,
                 Next::Incoming(Some(Err(err))) => Err(self.read_failed(&err)),
                 Next::Incoming(None) => Err(Stop::Gone),
@@ -151,13 +155,35 @@ impl Connection {
         Stop::Gone
     }
 
-    async fn write_outbound(&mut self, outbound: Outbound) -> Result<(), Stop> {
+    /// Writes `first` and whatever else is already queued, then flushes once. A client
+    /// subscribed to many symbols gets a burst of ticks at a time; one flush per burst instead
+    /// of one per frame saves a write call per tick and most of the gateway's CPU time.
+    async fn write_queued(&mut self, first: Outbound) -> Result<(), Stop> {
+        let mut pending_ticks = Vec::new();
+        self.feed_outbound(first, &mut pending_ticks).await?;
+        for _ in 1..MAX_FRAMES_PER_FLUSH {
+            match self.queue.try_recv() {
+                Ok(next) => self.feed_outbound(next, &mut pending_ticks).await?,
+                Err(_) => break,
+            }
+        }
+        self.flush().await?;
+
+        // Count ticks once they are flushed to the socket, so the latency covers the write.
+        let now = hub::now_ms();
+        for timestamp_ms in pending_ticks {
+            self.state.metrics.ticks_sent.fetch_add(1, Ordering::Relaxed);
+            self.state.metrics.record_tick_latency(now - timestamp_ms);
+        }
+        Ok(())
+    }
+
+    async fn feed_outbound(&mut self, outbound: Outbound, pending_ticks: &mut Vec<i64>) -> Result<(), Stop> {
         match outbound {
-            Outbound::Frame(frame) => self.write(frame).await,
+            Outbound::Frame(frame) => self.feed(frame).await,
             Outbound::Tick { frame, timestamp_ms } => {
-                self.write(frame).await?;
-                self.state.metrics.ticks_sent.fetch_add(1, Ordering::Relaxed);
-                self.state.metrics.record_tick_latency(hub::now_ms() - timestamp_ms);
+                self.feed(frame).await?;
+                pending_ticks.push(timestamp_ms);
                 Ok(())
             }
         }
@@ -218,9 +244,16 @@ impl Connection {
         self.write(protocol::error_frame(error)).await
     }
 
-    /// Writes one text frame, giving up when the hub evicts the client or the server shuts down
-    /// first, so a stalled peer cannot block the task.
+    /// Writes one text frame and flushes it.
     async fn write(&mut self, frame: Utf8Bytes) -> Result<(), Stop> {
+        self.feed(frame).await?;
+        self.flush().await
+    }
+
+    /// Queues one text frame in the socket's write buffer without flushing it. Like
+    /// [`Connection::flush`], it gives up when the hub evicts the client or the server shuts
+    /// down first, so a stalled peer cannot block the task.
+    async fn feed(&mut self, frame: Utf8Bytes) -> Result<(), Stop> {
         tokio::select! {
             biased;
 
@@ -228,7 +261,22 @@ impl Connection {
 
             () = hub::stopped(&mut self.shutdown) => Err(going_away()),
 
-            result = self.sink.send(Message::Text(frame)) => result.map_err(|err| {
+            result = self.sink.feed(Message::Text(frame)) => result.map_err(|err| {
+                debug!(client = self.id, error = %err, "write to client failed");
+                Stop::Gone
+            }),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), Stop> {
+        tokio::select! {
+            biased;
+
+            eviction = evicted(&mut self.evict) => Err(Stop::Close { code: eviction.code, reason: eviction.reason }),
+
+            () = hub::stopped(&mut self.shutdown) => Err(going_away()),
+
+            result = self.sink.flush() => result.map_err(|err| {
                 debug!(client = self.id, error = %err, "write to client failed");
                 Stop::Gone
             }),
