@@ -97,3 +97,62 @@ fn unknown_symbol_lists_available() {
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     assert!(stderr(&output).contains("EURUSD"), "{}", stderr(&output));
 }
+
+/// Runs `serve` with settings that must stop it at start. A regression here means `serve` keeps
+/// running with a session that never starts, so the run is bounded by a timeout.
+fn serve_rejected(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    let mut command = Command::new("timeout");
+    command.arg("20").arg(env!("CARGO_BIN_EXE_tickgate")).args(&all);
+    for name in ["CTRADER_CLIENT_ID", "CTRADER_CLIENT_SECRET", "CTRADER_ACCESS_TOKEN", "CTRADER_REFRESH_TOKEN", "CTRADER_ACCOUNT_ID"] {
+        command.env_remove(name);
+    }
+    command.envs(env.iter().copied()).current_dir(env!("CARGO_TARGET_TMPDIR")).output().expect("timeout and tickgate run")
+}
+
+#[test]
+fn unwritable_journal_exits_2() {
+    let output = serve_rejected(&["--journal", "/nonexistent-dir/journal.jsonl"], &[]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("/nonexistent-dir/journal.jsonl"), "{}", stderr(&output));
+}
+
+#[test]
+fn missing_ca_file_exits_2() {
+    let credentials = [
+        ("CTRADER_CLIENT_ID", "app"),
+        ("CTRADER_CLIENT_SECRET", "secret"),
+        ("CTRADER_ACCESS_TOKEN", "token"),
+        ("CTRADER_ACCOUNT_ID", "1"),
+        ("CTRADER_HOST", "localhost"),
+        ("CTRADER_CA_FILE", "/nonexistent/ca.pem"),
+    ];
+    let output = serve_rejected(&[], &credentials);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("/nonexistent/ca.pem"), "{}", stderr(&output));
+    assert_eq!(stderr(&output).matches("os error 2").count(), 1, "cause printed once: {}", stderr(&output));
+}
+
+#[test]
+fn zero_limits_exit_2() {
+    for flag in ["--max-clients", "--max-message-bytes", "--max-subscriptions", "--client-queue"] {
+        let output = serve_rejected(&[flag, "0"], &[]);
+        assert_eq!(output.status.code(), Some(2), "{flag}: {}", stderr(&output));
+        assert!(stderr(&output).contains("at least 1"), "{flag}: {}", stderr(&output));
+    }
+}
+
+#[test]
+fn backoff_cap_below_base_exits_2() {
+    let output = serve_rejected(&["--backoff-base-ms", "1000", "--backoff-cap-ms", "500"], &[]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("backoff_cap_ms (500)"), "{}", stderr(&output));
+}
+
+#[test]
+fn negative_duration_names_value() {
+    let output = serve_rejected(&["--connect-timeout-ms", "-5"], &[]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("`-5`"), "{}", stderr(&output));
+}

@@ -17,7 +17,7 @@ pub struct ConnectionArgs {
     pub host: Option<String>,
 
     /// cTrader Open API port (protobuf over TLS).
-    #[arg(long, env = "CTRADER_PORT", default_value_t = OPEN_API_PORT)]
+    #[arg(long, env = "CTRADER_PORT", default_value_t = OPEN_API_PORT, value_parser = clap::value_parser!(u16).range(1..))]
     pub port: u16,
 
     /// Connect to the official demo host.
@@ -129,35 +129,35 @@ impl ConnectionArgs {
 #[derive(Args, Clone, Debug)]
 pub struct TimingArgs {
     /// Connecting and authenticating together must finish within this time (ms).
-    #[arg(long, env = "TICKGATE_CONNECT_TIMEOUT_MS", default_value_t = 15_000, value_parser = positive_ms)]
+    #[arg(long, env = "TICKGATE_CONNECT_TIMEOUT_MS", default_value_t = 15_000, value_parser = positive_ms, allow_negative_numbers = true)]
     pub connect_timeout_ms: u64,
 
     /// With at least one subscription, no tick for this long marks the feed stale (ms).
-    #[arg(long, env = "TICKGATE_STALE_AFTER_MS", default_value_t = 30_000, value_parser = positive_ms)]
+    #[arg(long, env = "TICKGATE_STALE_AFTER_MS", default_value_t = 30_000, value_parser = positive_ms, allow_negative_numbers = true)]
     pub stale_after_ms: u64,
 
     /// No inbound frame at all for this long means the socket is dead (ms).
-    #[arg(long, env = "TICKGATE_LIVENESS_TIMEOUT_MS", default_value_t = 30_000, value_parser = positive_ms)]
+    #[arg(long, env = "TICKGATE_LIVENESS_TIMEOUT_MS", default_value_t = 30_000, value_parser = positive_ms, allow_negative_numbers = true)]
     pub liveness_timeout_ms: u64,
 
     /// Interval between heartbeats sent upstream (ms).
-    #[arg(long, env = "TICKGATE_HEARTBEAT_INTERVAL_MS", default_value_t = 10_000, value_parser = positive_ms)]
+    #[arg(long, env = "TICKGATE_HEARTBEAT_INTERVAL_MS", default_value_t = 10_000, value_parser = positive_ms, allow_negative_numbers = true)]
     pub heartbeat_interval_ms: u64,
 
     /// Time in Stale, with heartbeats still arriving, before one reconnect is tried (ms).
-    #[arg(long, env = "TICKGATE_STALE_RECONNECT_AFTER_MS", default_value_t = 60_000, value_parser = positive_ms)]
+    #[arg(long, env = "TICKGATE_STALE_RECONNECT_AFTER_MS", default_value_t = 60_000, value_parser = positive_ms, allow_negative_numbers = true)]
     pub stale_reconnect_after_ms: u64,
 
     /// First reconnect delay; it doubles on each failed attempt (ms).
-    #[arg(long, env = "TICKGATE_BACKOFF_BASE_MS", default_value_t = 1_000, value_parser = positive_ms)]
+    #[arg(long, env = "TICKGATE_BACKOFF_BASE_MS", default_value_t = 1_000, value_parser = positive_ms, allow_negative_numbers = true)]
     pub backoff_base_ms: u64,
 
     /// Largest reconnect delay (ms).
-    #[arg(long, env = "TICKGATE_BACKOFF_CAP_MS", default_value_t = 60_000, value_parser = positive_ms)]
+    #[arg(long, env = "TICKGATE_BACKOFF_CAP_MS", default_value_t = 60_000, value_parser = positive_ms, allow_negative_numbers = true)]
     pub backoff_cap_ms: u64,
 
     /// Random extra added to each reconnect delay, as a fraction of it (0 to 1).
-    #[arg(long, env = "TICKGATE_BACKOFF_JITTER", default_value_t = 0.10, value_parser = jitter_fraction)]
+    #[arg(long, env = "TICKGATE_BACKOFF_JITTER", default_value_t = 0.10, value_parser = jitter_fraction, allow_negative_numbers = true)]
     pub backoff_jitter: f64,
 }
 
@@ -171,7 +171,7 @@ impl TimingArgs {
             heartbeat_interval_ms: self.heartbeat_interval_ms,
             stale_reconnect_after_ms: self.stale_reconnect_after_ms,
             backoff_base_ms: self.backoff_base_ms,
-            backoff_cap_ms: self.backoff_cap_ms.max(self.backoff_base_ms),
+            backoff_cap_ms: self.backoff_cap_ms,
             jitter: self.backoff_jitter,
             jitter_seed: rand::random(),
             has_refresh_token,
@@ -202,4 +202,13 @@ pub fn listen_addr(value: &str) -> Result<SocketAddr, String> {
     value
         .parse()
         .map_err(|_| format!("`{value}` is not a listen address: use HOST:PORT such as 127.0.0.1:8080, or a port"))
+}
+
+/// Parses a count that must be at least 1, such as a queue length or a client limit.
+pub fn at_least_one(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(0) => Err(format!("`{value}` is not allowed: use a whole number of at least 1")),
+        Ok(count) => Ok(count),
+        Err(_) => Err(format!("`{value}` is not a count: use a whole number of at least 1")),
+    }
 }

@@ -207,7 +207,7 @@ impl Target {
 }
 
 async fn fetch_and_print(target: &Target, symbol: &str, period: Period, from_ms: i64, to_ms: i64) -> anyhow::Result<()> {
-    let tls = transport::tls_config(target.ca_file.as_deref())?;
+    let tls = transport::tls_config(target.ca_file.as_deref()).map_err(|error| UsageError(error.to_string()))?;
     let stream = transport::connect(&target.host, target.port, &target.host, tls).await?;
     let mut client = Client { framed: Framed::new(stream, FrameCodec::default()), next_id: 0 };
     let account = target.account_id;

@@ -11,7 +11,7 @@ use clap::Args;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use super::connection::{listen_addr, ConnectionArgs, TimingArgs};
+use super::connection::{at_least_one, listen_addr, ConnectionArgs, TimingArgs};
 use super::UsageError;
 use crate::gateway::{self, GatewayConfig};
 use crate::session::{self, SessionConfig, SessionHandle};
@@ -64,19 +64,19 @@ pub struct GatewayArgs {
     pub client_token: Option<String>,
 
     /// Largest client message accepted, in bytes.
-    #[arg(long, env = "TICKGATE_MAX_MESSAGE_BYTES", default_value_t = GatewayConfig::default().max_message_bytes)]
+    #[arg(long, env = "TICKGATE_MAX_MESSAGE_BYTES", default_value_t = GatewayConfig::default().max_message_bytes, value_parser = at_least_one)]
     pub max_message_bytes: usize,
 
     /// Maximum number of symbols one client may subscribe to.
-    #[arg(long, env = "TICKGATE_MAX_SUBSCRIPTIONS", default_value_t = GatewayConfig::default().max_subscriptions_per_client)]
+    #[arg(long, env = "TICKGATE_MAX_SUBSCRIPTIONS", default_value_t = GatewayConfig::default().max_subscriptions_per_client, value_parser = at_least_one)]
     pub max_subscriptions: usize,
 
     /// Frames queued for one client before it counts as slow and is closed with 4002.
-    #[arg(long, env = "TICKGATE_CLIENT_QUEUE", default_value_t = GatewayConfig::default().client_queue_capacity)]
+    #[arg(long, env = "TICKGATE_CLIENT_QUEUE", default_value_t = GatewayConfig::default().client_queue_capacity, value_parser = at_least_one)]
     pub client_queue: usize,
 
     /// Maximum number of WebSocket clients at once.
-    #[arg(long, env = "TICKGATE_MAX_CLIENTS", default_value_t = GatewayConfig::default().max_clients)]
+    #[arg(long, env = "TICKGATE_MAX_CLIENTS", default_value_t = GatewayConfig::default().max_clients, value_parser = at_least_one)]
     pub max_clients: usize,
 }
 
@@ -127,6 +127,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     //    session events before the driver starts, or the first transitions (Disconnected to
     //    Connecting and on) would be missing from /metrics and the dashboard's history.
     let (session, ends) = SessionHandle::channel(session_config.event_capacity.max(1));
+    let events = ends.events.clone();
+    let prepared = session::driver::prepare(session_config, ends).map_err(|error| UsageError(format!("{error:#}")))?;
     let gateway_config = GatewayConfig {
         client_token: args.gateway.client_token.clone(),
         max_message_bytes: args.gateway.max_message_bytes,
@@ -140,14 +142,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let _ = stop_rx.await;
     }));
     let subscribed = async {
-        while ends.events.receiver_count() == 0 && !gateway_task.is_finished() {
+        while events.receiver_count() == 0 && !gateway_task.is_finished() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     };
     if tokio::time::timeout(HUB_START_TIMEOUT, subscribed).await.is_err() {
         warn!(timeout_ms = HUB_START_TIMEOUT.as_millis() as u64, "gateway hub did not subscribe in time; early transitions may be missing");
     }
-    let session_task = tokio::spawn(session::driver::run(session_config, ends));
+    let session_task = tokio::spawn(prepared.run());
     print_urls(local, simulator.as_ref());
 
     // 4. Run until SIGINT or SIGTERM, then stop in order: clients, upstream, simulator.
@@ -161,8 +163,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     if session.shutdown().await.is_ok() {
         match tokio::time::timeout(SHUTDOWN_GRACE, session_task).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(error))) => warn!(error = %error, "session stopped with an error"),
+            Ok(Ok(())) => {}
             Ok(Err(error)) => warn!(error = %error, "session task failed"),
             Err(_) => warn!(grace_s = SHUTDOWN_GRACE.as_secs(), "session did not stop in time"),
         }

@@ -83,8 +83,11 @@ pub async fn stream<W: Write>(
     mut out: W,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let (handle, task) = session::spawn(config);
+    // Subscribe to events before the driver starts, so the first state change is printed too.
+    let (handle, ends) = session::SessionHandle::channel(config.event_capacity.max(1));
     let mut events = handle.events();
+    let prepared = session::driver::prepare(config, ends).map_err(|error| UsageError(format!("{error:#}")))?;
+    let task = tokio::spawn(prepared.run());
     handle.subscribe(symbols).await?;
 
     tokio::pin!(stop);
@@ -115,7 +118,7 @@ pub async fn stream<W: Write>(
         }
     }
     out.flush()?;
-    result??;
+    result?;
     Ok(())
 }
 

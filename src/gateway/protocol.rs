@@ -88,7 +88,7 @@ pub fn parse_client_message(text: &str, max_bytes: usize) -> Result<ClientReques
     let value: Value = serde_json::from_str(text).map_err(|err| {
         ClientError::new(
             ErrorCode::InvalidJson,
-            format!("invalid JSON at line {} column {}: {err}; send one JSON object per message", err.line(), err.column()),
+            format!("invalid JSON: {err}; send one JSON object per message"),
         )
     })?;
 

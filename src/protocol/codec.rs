@@ -34,7 +34,8 @@ pub enum FrameError {
     #[error("frame is not a valid ProtoMessage envelope: {0}")]
     Protobuf(#[from] prost::DecodeError),
 
-    #[error("socket error: {0}")]
+    /// Reading or writing the socket failed; the message is the operating system's.
+    #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 

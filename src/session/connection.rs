@@ -59,12 +59,23 @@ impl Connection {
         self.reader.next().await
     }
 
-    /// Stops reading and lets the writer send what is queued, then close TLS with close_notify.
-    /// Returns the writer task, which ends within [`CLOSE_TIMEOUT`] of draining its queue.
+    /// Lets the writer send what is queued and close TLS with close_notify, then waits for the
+    /// server to end its side. Returns a task that ends within twice [`CLOSE_TIMEOUT`].
+    ///
+    /// Waiting for the server's end means it has let go of this session before the next
+    /// connection authenticates, so a server that counts sessions per account never sees two.
     pub fn close(self) -> JoinHandle<()> {
-        drop(self.reader);
         drop(self.writer);
-        self.writer_task
+        let writer_task = self.writer_task;
+        let mut reader = self.reader;
+        let generation = self.generation;
+        tokio::spawn(async move {
+            let _ = writer_task.await;
+            let drain = async { while let Some(Ok(_)) = reader.next().await {} };
+            if tokio::time::timeout(CLOSE_TIMEOUT, drain).await.is_err() {
+                tracing::debug!(generation, "server did not end the connection after close_notify");
+            }
+        })
     }
 }
 

@@ -49,7 +49,26 @@ pub fn spawn(config: SessionConfig) -> (SessionHandle, JoinHandle<anyhow::Result
 }
 
 /// Runs the driver on the given channel ends until shutdown.
-pub async fn run(mut config: SessionConfig, ends: DriverEnds) -> anyhow::Result<()> {
+pub async fn run(config: SessionConfig, ends: DriverEnds) -> anyhow::Result<()> {
+    prepare(config, ends)?.run().await;
+    Ok(())
+}
+
+/// A session whose configuration was checked and whose files are open, ready to run.
+pub struct PreparedSession(Driver);
+
+impl PreparedSession {
+    /// Runs the driver until shutdown.
+    pub async fn run(self) {
+        let mut driver = self.0;
+        driver.run().await;
+    }
+}
+
+/// Checks the configuration and opens what the driver needs (token file, TLS roots, journal).
+/// Commands call it before they start anything else, so that a bad value stops the process at
+/// start with a message, instead of ending a background task that nobody watches.
+pub fn prepare(mut config: SessionConfig, ends: DriverEnds) -> anyhow::Result<PreparedSession> {
     config.validate()?;
     let token_file = config.token_file.as_deref().map(TokenFile::for_path);
     if let Some(file) = &token_file {
@@ -65,15 +84,12 @@ pub async fn run(mut config: SessionConfig, ends: DriverEnds) -> anyhow::Result<
     config.fsm.has_refresh_token = config.refresh_token.is_some();
     let tls = transport::tls_config_with_pem(config.ca_file.as_deref(), config.ca_pem.as_deref())?;
     let journal = match &config.journal {
-        Some(path) => Some(
-            Journal::create(path, &config.fsm)
-                .map_err(|e| anyhow::anyhow!("cannot create journal {}: {e}", path.display()))?,
-        ),
+        Some(path) => Some(Journal::create(path, &config.fsm).map_err(|error| {
+            anyhow::anyhow!("cannot create journal {}: {error}; pass a writable file path to --journal", path.display())
+        })?),
         None => None,
     };
-    let mut driver = Driver::new(config, ends, tls, journal, token_file);
-    driver.run().await;
-    Ok(())
+    Ok(PreparedSession(Driver::new(config, ends, tls, journal, token_file)))
 }
 
 /// The purpose of an outstanding request, kept until its response or timeout.

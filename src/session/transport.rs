@@ -42,8 +42,9 @@ pub type Stream = TlsStream<TcpStream>;
 /// Why a connection could not be established.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    #[error("cannot read CA file {path}: {source}")]
-    CaFileUnreadable { path: PathBuf, source: io::Error },
+    /// The cause is part of the message, not a `source`, so that error chains print it once.
+    #[error("cannot read CA file {path}: {error}; pass a readable PEM file to --ca-file")]
+    CaFileUnreadable { path: PathBuf, error: io::Error },
 
     #[error("CA file {path} contains no PEM certificate; pass a PEM file with a `BEGIN CERTIFICATE` block")]
     CaFileEmpty { path: PathBuf },
@@ -100,7 +101,7 @@ pub fn tls_config_with_pem(ca_file: Option<&Path>, ca_pem: Option<&str>) -> Resu
 }
 
 fn add_ca_file(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), TransportError> {
-    let unreadable = |source| TransportError::CaFileUnreadable { path: path.to_path_buf(), source };
+    let unreadable = |source| TransportError::CaFileUnreadable { path: path.to_path_buf(), error: source };
     let file = std::fs::File::open(path).map_err(unreadable)?;
     let certs = rustls_pemfile::certs(&mut BufReader::new(file))
         .collect::<Result<Vec<_>, _>>()
@@ -121,7 +122,7 @@ fn add_ca_pem(roots: &mut rustls::RootCertStore, pem: &str) -> Result<(), Transp
     let source = PathBuf::from("<in-memory CA>");
     let certs = rustls_pemfile::certs(&mut pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TransportError::CaFileUnreadable { path: source.clone(), source: e })?;
+        .map_err(|e| TransportError::CaFileUnreadable { path: source.clone(), error: e })?;
     if certs.is_empty() {
         return Err(TransportError::CaFileEmpty { path: source });
     }
