@@ -41,7 +41,7 @@ fn main() -> ExitCode {
     // already set, and clap prefers a flag to its variable.
     if let Err(error) = dotenvy::dotenv() {
         if !error.not_found() {
-            eprintln!("error: cannot read .env in the working directory: {error}; fix or remove the file");
+            report(&format!("error: cannot read .env in the working directory: {error}; fix or remove the file"));
             return ExitCode::from(2);
         }
     }
@@ -52,7 +52,7 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
+            report(&format!("error: failed to start the async runtime: {error}"));
             return ExitCode::FAILURE;
         }
     };
@@ -71,13 +71,28 @@ fn main() -> ExitCode {
 
     match result {
         Ok(code) => code,
+        // A reader that stops early (`tickgate stream ... | head`) is a normal end, not an error.
+        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) if error.is::<UsageError>() => {
-            eprintln!("error: {error}");
+            report(&format!("error: {error}"));
             ExitCode::from(2)
         }
         Err(error) => {
-            eprintln!("error: {error:#}");
+            report(&format!("error: {error:#}"));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes a line to stderr, ignoring a closed stderr: `eprintln!` would panic there.
+fn report(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
 }

@@ -45,11 +45,11 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<()> {
         Some(credentials) => SessionConfig::from_credentials(args.connection.host(), args.connection.port, &credentials),
         None => {
             let sim_config = SimulatorConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), ..SimulatorConfig::default() };
-            let handle = SimulatorHandle::start(sim_config).await.context("cannot start the embedded simulator")?;
-            eprintln!(
-                "no cTrader credentials configured, streaming from the embedded simulator at {}; set \
-                 CTRADER_CLIENT_ID, CTRADER_CLIENT_SECRET, CTRADER_ACCESS_TOKEN and CTRADER_ACCOUNT_ID to connect to cTrader",
-                handle.addr()
+            let handle = SimulatorHandle::start(sim_config).await.context("failed to start the embedded simulator")?;
+            tracing::info!(
+                simulator = %handle.addr(),
+                "no cTrader credentials configured, so stream reads from the embedded simulator; set \
+                 CTRADER_CLIENT_ID, CTRADER_CLIENT_SECRET, CTRADER_ACCESS_TOKEN and CTRADER_ACCOUNT_ID to connect to cTrader"
             );
             let config = SessionConfig::for_simulator(&handle);
             simulator = Some(handle);
@@ -101,7 +101,7 @@ pub async fn stream<W: Write>(
                         out.flush()?;
                     }
                 }
-                Err(RecvError::Lagged(skipped)) => eprintln!("warning: output fell behind, {skipped} events skipped"),
+                Err(RecvError::Lagged(skipped)) => tracing::warn!(skipped, "output fell behind; events skipped"),
                 Err(RecvError::Closed) => break,
             },
         }
