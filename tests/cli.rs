@@ -156,3 +156,38 @@ fn negative_duration_names_value() {
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     assert!(stderr(&output).contains("`-5`"), "{}", stderr(&output));
 }
+
+#[test]
+fn stream_ends_quietly_on_closed_pipe() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tickgate"))
+        .args(["stream", "EURUSD"])
+        .env_remove("CTRADER_CLIENT_ID")
+        .env_remove("CTRADER_ACCESS_TOKEN")
+        .current_dir(env!("CARGO_TARGET_TMPDIR"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tickgate stream starts");
+
+    // Read the first line, then close both pipes as `| head -1` would.
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("stdout is piped")).read_line(&mut first).expect("first line");
+    drop(child.stderr.take());
+    assert!(first.starts_with("state "), "first line: {first}");
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("child status") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("stream kept running after its output was closed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0), "a closed pipe must end stream without a panic (exit 101)");
+}

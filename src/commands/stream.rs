@@ -90,6 +90,9 @@ pub async fn stream<W: Write>(
     let task = tokio::spawn(prepared.run());
     handle.subscribe(symbols).await?;
 
+    // A failed write (for example a closed pipe) ends the loop like Ctrl-C does, so the session
+    // still shuts down in order before the error is returned.
+    let mut write_error = None;
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -97,8 +100,10 @@ pub async fn stream<W: Write>(
             event = events.recv() => match event {
                 Ok(event) => {
                     if let Some(line) = format_event(&event, json) {
-                        writeln!(out, "{line}")?;
-                        out.flush()?;
+                        if let Err(error) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+                            write_error = Some(error);
+                            break;
+                        }
                     }
                 }
                 Err(RecvError::Lagged(skipped)) => tracing::warn!(skipped, "output fell behind; events skipped"),
@@ -110,6 +115,10 @@ pub async fn stream<W: Write>(
     // The session may already have stopped (for example on an invalid configuration).
     let _ = handle.shutdown().await;
     let result = task.await;
+    if let Some(error) = write_error {
+        result?;
+        return Err(error.into());
+    }
 
     // Print what happened during shutdown, such as the final state change.
     while let Ok(event) = events.try_recv() {
