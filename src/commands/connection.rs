@@ -9,8 +9,8 @@ use clap::Args;
 use crate::fsm;
 use crate::session::transport::{DEMO_HOST, LIVE_HOST, OPEN_API_PORT};
 
-/// The cTrader endpoint and the credentials to use there.
-#[derive(Args, Clone, Debug)]
+/// The cTrader endpoint and the credentials to use there. `Debug` redacts the secrets.
+#[derive(Args, Clone)]
 pub struct ConnectionArgs {
     /// cTrader Open API host. Defaults to the demo host when credentials are given.
     #[arg(long, env = "CTRADER_HOST", conflicts_with_all = ["demo", "live"])]
@@ -56,6 +56,25 @@ pub struct ConnectionArgs {
     /// tokens came from there.
     #[arg(long, env = "CTRADER_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ConnectionArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |secret: &Option<String>| secret.as_ref().map(|_| "<redacted>");
+        f.debug_struct("ConnectionArgs")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("demo", &self.demo)
+            .field("live", &self.live)
+            .field("ca_file", &self.ca_file)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &redacted(&self.client_secret))
+            .field("access_token", &redacted(&self.access_token))
+            .field("refresh_token", &redacted(&self.refresh_token))
+            .field("account_id", &self.account_id)
+            .field("token_file", &self.token_file)
+            .finish()
+    }
 }
 
 /// Complete credentials for a real cTrader connection.
@@ -210,5 +229,38 @@ pub fn at_least_one(value: &str) -> Result<usize, String> {
         Ok(0) => Err(format!("`{value}` is not allowed: use a whole number of at least 1")),
         Ok(count) => Ok(count),
         Err(_) => Err(format!("`{value}` is not a count: use a whole number of at least 1")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::ConnectionArgs;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        connection: ConnectionArgs,
+    }
+
+    #[test]
+    fn connection_debug_redacts_secrets() {
+        let cli = Cli::parse_from([
+            "tickgate",
+            "--client-id",
+            "app",
+            "--client-secret",
+            "very-secret",
+            "--access-token",
+            "access-123",
+            "--refresh-token",
+            "refresh-456",
+        ]);
+        let text = format!("{:?}", cli.connection);
+        assert!(!text.contains("very-secret"), "{text}");
+        assert!(!text.contains("access-123"), "{text}");
+        assert!(!text.contains("refresh-456"), "{text}");
+        assert!(text.contains("app"), "{text}");
     }
 }

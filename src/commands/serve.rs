@@ -56,8 +56,8 @@ pub struct ServeArgs {
     pub sim_control: SocketAddr,
 }
 
-/// Limits and options of the WebSocket gateway.
-#[derive(Args, Clone, Debug)]
+/// Limits and options of the WebSocket gateway. `Debug` redacts the client token.
+#[derive(Args, Clone)]
 pub struct GatewayArgs {
     /// Shared secret that WebSocket clients must present (`?token=` or a Bearer header).
     #[arg(long, env = "TICKGATE_CLIENT_TOKEN", hide_env_values = true)]
@@ -78,6 +78,18 @@ pub struct GatewayArgs {
     /// Maximum number of WebSocket clients at once.
     #[arg(long, env = "TICKGATE_MAX_CLIENTS", default_value_t = GatewayConfig::default().max_clients, value_parser = at_least_one)]
     pub max_clients: usize,
+}
+
+impl std::fmt::Debug for GatewayArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayArgs")
+            .field("client_token", &self.client_token.as_ref().map(|_| "<redacted>"))
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("max_subscriptions", &self.max_subscriptions)
+            .field("client_queue", &self.client_queue)
+            .field("max_clients", &self.max_clients)
+            .finish()
+    }
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
