@@ -4,9 +4,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::Args;
 
+use super::UsageError;
 use crate::fsm;
+use crate::session::SessionConfig;
+use crate::simulator::{SimulatorConfig, SimulatorHandle};
 use crate::session::transport::{DEMO_HOST, LIVE_HOST, OPEN_API_PORT};
 
 /// The cTrader endpoint and the credentials to use there. `Debug` redacts the secrets.
@@ -142,6 +146,41 @@ impl ConnectionArgs {
             DEMO_HOST.to_string()
         }
     }
+}
+
+/// The upstream a command connects to. An embedded simulator, when there is one, belongs to the
+/// caller, which shuts it down after the session.
+pub struct Upstream {
+    pub config: SessionConfig,
+    pub simulator: Option<SimulatorHandle>,
+}
+
+/// Builds the session configuration from the options: cTrader when credentials are set, else
+/// an embedded simulator started with `simulator`'s settings. The CA file and token file
+/// options apply either way; thresholds and the journal are the caller's.
+pub async fn upstream(connection: &ConnectionArgs, simulator: SimulatorConfig) -> anyhow::Result<Upstream> {
+    let credentials = connection.credentials().map_err(UsageError)?;
+    let (mut config, simulator) = match credentials {
+        Some(credentials) => {
+            let host = connection.host();
+            tracing::info!(%host, port = connection.port, account_id = credentials.account_id, "connecting to cTrader");
+            (SessionConfig::from_credentials(host, connection.port, &credentials), None)
+        }
+        None => {
+            let handle = SimulatorHandle::start(simulator).await.context("failed to start the embedded simulator")?;
+            tracing::info!(
+                simulator = %handle.addr(),
+                "no cTrader credentials configured, so tickgate uses its embedded simulator; \
+                 set CTRADER_CLIENT_ID, CTRADER_CLIENT_SECRET, CTRADER_ACCESS_TOKEN and CTRADER_ACCOUNT_ID \
+                 (in the environment or .env) to connect to cTrader"
+            );
+            (SessionConfig::for_simulator(&handle), Some(handle))
+        }
+    };
+
+    config.ca_file = connection.ca_file.clone().or(config.ca_file);
+    config.token_file = connection.token_file.clone().or(config.token_file);
+    Ok(Upstream { config, simulator })
 }
 
 /// Thresholds of the connection machine, in milliseconds.

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -17,12 +16,13 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_util::codec::Framed;
 use tracing::{debug, info, warn};
 
-use super::connection::ConnectionArgs;
+use super::connection::{upstream, ConnectionArgs, Upstream};
 use super::UsageError;
 use crate::protocol::{pb, trendbar, ApiError, Bar, FrameCodec, Message};
 use crate::session::symbols::{SymbolDetails, SymbolTable};
 use crate::session::transport::{self, Stream};
-use crate::simulator::{SimulatorConfig, SimulatorHandle};
+use crate::session::SessionConfig;
+use crate::simulator::SimulatorConfig;
 
 /// Historical requests are limited to 5 per second per connection; 250 ms apart stays below it.
 const HISTORICAL_SPACING: Duration = Duration::from_millis(250);
@@ -146,69 +146,21 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
-    let credentials = args.connection.credentials().map_err(UsageError)?;
-
     // 1. Connect to cTrader with credentials, else to a simulator started for this run.
-    let mut simulator = None;
-    let target = match credentials {
-        Some(credentials) => Target {
-            host: args.connection.host(),
-            port: args.connection.port,
-            ca_file: args.connection.ca_file.clone(),
-            client_id: credentials.client_id,
-            client_secret: credentials.client_secret,
-            access_token: credentials.access_token,
-            account_id: credentials.account_id,
-        },
-        None => {
-            let config = SimulatorConfig { listen: ([127, 0, 0, 1], 0).into(), ..SimulatorConfig::default() };
-            let handle = SimulatorHandle::start(config).await.context("failed to start the embedded simulator")?;
-            info!("no cTrader credentials configured, so history comes from the embedded simulator");
-            let target = Target::for_simulator(&handle)?;
-            simulator = Some(handle);
-            target
-        }
-    };
+    let simulator = SimulatorConfig { listen: ([127, 0, 0, 1], 0).into(), ..SimulatorConfig::default() };
+    let Upstream { config, simulator } = upstream(&args.connection, simulator).await?;
 
-    let result = fetch_and_print(&target, &args.symbol, args.period, args.from.timestamp_millis(), to.timestamp_millis()).await;
+    let result = fetch_and_print(&config, &args.symbol, args.period, args.from.timestamp_millis(), to.timestamp_millis()).await;
     if let Some(simulator) = simulator {
         simulator.shutdown().await;
     }
     result
 }
 
-/// The endpoint to connect to, and the credentials to use there.
-struct Target {
-    host: String,
-    port: u16,
-    ca_file: Option<PathBuf>,
-    client_id: String,
-    client_secret: String,
-    access_token: String,
-    account_id: i64,
-}
-
-impl Target {
-    fn for_simulator(simulator: &SimulatorHandle) -> anyhow::Result<Target> {
-        let ca_file = std::env::temp_dir().join(format!("tickgate-history-ca-{}.pem", std::process::id()));
-        std::fs::write(&ca_file, simulator.ca_pem())
-            .with_context(|| format!("cannot write the simulator's CA to {}", ca_file.display()))?;
-        let config = simulator.config();
-        Ok(Target {
-            host: simulator.server_name().to_string(),
-            port: simulator.addr().port(),
-            ca_file: Some(ca_file),
-            client_id: config.client_id.clone(),
-            client_secret: config.client_secret.clone(),
-            access_token: config.access_token.clone(),
-            account_id: config.account_id,
-        })
-    }
-}
-
-async fn fetch_and_print(target: &Target, symbol: &str, period: Period, from_ms: i64, to_ms: i64) -> anyhow::Result<()> {
-    let tls = transport::tls_config(target.ca_file.as_deref()).map_err(|error| UsageError(error.to_string()))?;
-    let stream = transport::connect(&target.host, target.port, &target.host, tls).await?;
+async fn fetch_and_print(target: &SessionConfig, symbol: &str, period: Period, from_ms: i64, to_ms: i64) -> anyhow::Result<()> {
+    let tls = transport::tls_config_with_pem(target.ca_file.as_deref(), target.ca_pem.as_deref())
+        .map_err(|error| UsageError(error.to_string()))?;
+    let stream = transport::connect(&target.host, target.port, &target.server_name, tls).await?;
     let mut client = Client { framed: Framed::new(stream, FrameCodec::default()), next_id: 0 };
     let account = target.account_id;
 

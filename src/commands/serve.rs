@@ -11,10 +11,10 @@ use clap::Args;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use super::connection::{at_least_one, listen_addr, ConnectionArgs, TimingArgs};
+use super::connection::{at_least_one, listen_addr, upstream, ConnectionArgs, TimingArgs, Upstream};
 use super::UsageError;
 use crate::gateway::{self, GatewayConfig};
-use crate::session::{self, SessionConfig, SessionHandle};
+use crate::session::{self, SessionHandle};
 use crate::simulator::{SimulatorConfig, SimulatorHandle};
 
 /// How long shutdown may take before the process gives up waiting for the session.
@@ -95,7 +95,6 @@ impl std::fmt::Debug for GatewayArgs {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let listen = gateway::resolve_listen(args.listen.as_deref(), args.ws_port.as_deref())
         .map_err(|error| UsageError(error.to_string()))?;
-    let credentials = args.connection.credentials().map_err(UsageError)?;
 
     // 1. Bind first, so a taken port fails before anything connects upstream.
     let listener = TcpListener::bind(listen)
@@ -104,34 +103,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
 
     // 2. Pick the upstream: real cTrader with credentials, else the embedded simulator.
-    let mut simulator = None;
-    let mut session_config = match credentials {
-        Some(credentials) => {
-            let host = args.connection.host();
-            info!(%host, port = args.connection.port, account_id = credentials.account_id, "connecting to cTrader");
-            SessionConfig::from_credentials(host, args.connection.port, &credentials)
-        }
-        None => {
-            let config = SimulatorConfig {
-                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-                tick_rate: args.sim_tick_rate,
-                control: Some(args.sim_control),
-                ..SimulatorConfig::default()
-            };
-            let handle = SimulatorHandle::start(config).await.context("failed to start the embedded simulator")?;
-            info!(
-                simulator = %handle.addr(),
-                "no cTrader credentials configured, so tickgate streams from its embedded simulator; \
-                 set CTRADER_CLIENT_ID, CTRADER_CLIENT_SECRET, CTRADER_ACCESS_TOKEN and CTRADER_ACCOUNT_ID \
-                 (in the environment or .env) to connect to cTrader"
-            );
-            let config = SessionConfig::for_simulator(&handle);
-            simulator = Some(handle);
-            config
-        }
+    let simulator = SimulatorConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        tick_rate: args.sim_tick_rate,
+        control: Some(args.sim_control),
+        ..SimulatorConfig::default()
     };
-    session_config.ca_file = args.connection.ca_file.clone().or(session_config.ca_file);
-    session_config.token_file = args.connection.token_file.clone().or(session_config.token_file);
+    let Upstream { config: mut session_config, simulator } = upstream(&args.connection, simulator).await?;
     session_config.fsm = args.timing.fsm_config(session_config.refresh_token.is_some());
     session_config.journal = args.journal.clone();
 

@@ -4,15 +4,14 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::Context;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::connection::{ConnectionArgs, TimingArgs};
+use super::connection::{upstream, ConnectionArgs, TimingArgs, Upstream};
 use super::UsageError;
 use crate::protocol::Tick;
 use crate::session::{self, SessionConfig, SessionEvent, SessionStatus};
-use crate::simulator::{SimulatorConfig, SimulatorHandle};
+use crate::simulator::SimulatorConfig;
 
 /// Prints live ticks for the given symbols, and a line for each connection state change.
 #[derive(clap::Args, Debug)]
@@ -39,25 +38,8 @@ pub struct StreamArgs {
 /// Streams until Ctrl-C, then unsubscribes, closes the connection and returns. Without cTrader
 /// credentials it streams from an embedded simulator.
 pub async fn run(args: StreamArgs) -> anyhow::Result<()> {
-    let credentials = args.connection.credentials().map_err(UsageError)?;
-    let mut simulator = None;
-    let mut config = match credentials {
-        Some(credentials) => SessionConfig::from_credentials(args.connection.host(), args.connection.port, &credentials),
-        None => {
-            let sim_config = SimulatorConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), ..SimulatorConfig::default() };
-            let handle = SimulatorHandle::start(sim_config).await.context("failed to start the embedded simulator")?;
-            tracing::info!(
-                simulator = %handle.addr(),
-                "no cTrader credentials configured, so stream reads from the embedded simulator; set \
-                 CTRADER_CLIENT_ID, CTRADER_CLIENT_SECRET, CTRADER_ACCESS_TOKEN and CTRADER_ACCOUNT_ID to connect to cTrader"
-            );
-            let config = SessionConfig::for_simulator(&handle);
-            simulator = Some(handle);
-            config
-        }
-    };
-    config.ca_file = args.connection.ca_file.clone().or(config.ca_file);
-    config.token_file = args.connection.token_file.clone().or(config.token_file);
+    let simulator = SimulatorConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), ..SimulatorConfig::default() };
+    let Upstream { mut config, simulator } = upstream(&args.connection, simulator).await?;
     config.fsm = args.timing.fsm_config(config.refresh_token.is_some());
     config.journal = args.journal.clone();
 
