@@ -20,9 +20,6 @@ use crate::simulator::{SimulatorConfig, SimulatorHandle};
 /// How long shutdown may take before the process gives up waiting for the session.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// How long start-up waits for the gateway's hub to subscribe to session events.
-const HUB_START_TIMEOUT: Duration = Duration::from_secs(2);
-
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// Address of the WebSocket and HTTP listener, such as 127.0.0.1:8080 (the default).
@@ -113,11 +110,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     session_config.fsm = args.timing.fsm_config(session_config.refresh_token.is_some());
     session_config.journal = args.journal.clone();
 
-    // 3. Start the gateway, then the session behind it. The gateway's hub must subscribe to
-    //    session events before the driver starts, or the first transitions (Disconnected to
-    //    Connecting and on) would be missing from /metrics and the dashboard's history.
+    // 3. Start the gateway, then the session behind it. `gateway::serve` subscribes to session
+    //    events when called, so the first transitions (Disconnected to Connecting and on) reach
+    //    /metrics and the dashboard's history.
     let (session, ends) = SessionHandle::channel(session_config.event_capacity.max(1));
-    let events = ends.events.clone();
     let prepared = session::driver::prepare(session_config, ends).map_err(|error| UsageError(format!("{error:#}")))?;
     let gateway_config = GatewayConfig {
         client_token: args.gateway.client_token.clone(),
@@ -131,14 +127,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let gateway_task = tokio::spawn(gateway::serve(listener, session.clone(), gateway_config, async move {
         let _ = stop_rx.await;
     }));
-    let subscribed = async {
-        while events.receiver_count() == 0 && !gateway_task.is_finished() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    };
-    if tokio::time::timeout(HUB_START_TIMEOUT, subscribed).await.is_err() {
-        warn!(timeout_ms = HUB_START_TIMEOUT.as_millis() as u64, "gateway hub did not subscribe in time; early transitions may be missing");
-    }
     let session_task = tokio::spawn(prepared.run());
     print_urls(local, simulator.as_ref());
 

@@ -107,12 +107,12 @@ impl Hub {
     /// sent after `serve` starts is missed.
     pub(crate) fn new(
         session: SessionHandle,
+        events: broadcast::Receiver<SessionEvent>,
         requests: mpsc::Receiver<HubRequest>,
         metrics: Arc<Metrics>,
         transitions: Arc<Mutex<VecDeque<TransitionView>>>,
         limits: HubLimits,
     ) -> Self {
-        let events = session.events();
         let status = session.status().borrow().clone();
         let available = status.available_symbols.iter().cloned().collect();
         Self {

@@ -23,10 +23,10 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use axum::serve::ListenerExt;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{broadcast, mpsc, watch, Semaphore};
 use tracing::{debug, info, warn};
 
-use crate::session::SessionHandle;
+use crate::session::{SessionEvent, SessionHandle};
 
 pub use client::{CLOSE_GOING_AWAY, CLOSE_MESSAGE_TOO_BIG, CLOSE_TRY_AGAIN_LATER, CLOSE_UNAUTHORIZED};
 pub use config::{resolve_listen, ConfigError, GatewayConfig, ListenError, DEFAULT_LISTEN};
@@ -56,9 +56,24 @@ pub(crate) struct GatewayState {
 ///
 /// On shutdown it stops accepting, sends close 1001 to every client, waits up to
 /// `config.shutdown_timeout` for them to finish, and returns. It does not stop the session.
-pub async fn serve(
+///
+/// The gateway subscribes to session events when `serve` is called, not when the returned
+/// future is first polled, so a session started right after the call publishes no transition
+/// that the gateway misses.
+pub fn serve(
     listener: tokio::net::TcpListener,
     session: SessionHandle,
+    config: GatewayConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> impl Future<Output = anyhow::Result<()>> + Send + 'static {
+    let events = session.events();
+    serve_subscribed(listener, session, events, config, shutdown)
+}
+
+async fn serve_subscribed(
+    listener: tokio::net::TcpListener,
+    session: SessionHandle,
+    events: broadcast::Receiver<SessionEvent>,
     config: GatewayConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -66,7 +81,7 @@ pub async fn serve(
     let local_addr = listener.local_addr().context("failed to read the gateway's listen address")?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    // Step 1: the hub subscribes to session events now, before anything can connect.
+    // Step 1: the hub takes the event subscription made in `serve`, before anything can connect.
     let (hub_tx, hub_rx) = mpsc::channel(hub::REQUEST_CAPACITY);
     let metrics = Arc::new(Metrics::default());
     let transitions = Arc::new(Mutex::new(VecDeque::with_capacity(config.transition_history)));
@@ -75,7 +90,7 @@ pub async fn serve(
         heartbeat_interval: config.heartbeat_interval,
         transition_history: config.transition_history,
     };
-    let hub = Hub::new(session.clone(), hub_rx, metrics.clone(), transitions.clone(), limits);
+    let hub = Hub::new(session.clone(), events, hub_rx, metrics.clone(), transitions.clone(), limits);
     let hub_task = tokio::spawn(hub.run(shutdown_rx.clone()));
 
     // Step 2: the HTTP server, with per-socket options applied on accept.
