@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs every tickgate test on a fresh machine: installs what the tests need (a Rust toolchain is
-# assumed; Chromium and ChromeDriver for the dashboard's browser test come from Debian's
-# packages), checks that the benchmarks build, runs the whole suite and prints one total line.
+# Runs every tickgate test on a fresh machine. It assumes a Rust toolchain and installs the rest:
+# Chromium and ChromeDriver, from Debian's packages, for the dashboard's browser test. Then it
+# checks that the benchmarks build, runs the whole suite and prints one total line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,5 +1,5 @@
-//! The `tickgate` binary as a user runs it: configuration errors exit with code 2 and name the
-//! value and the fix; `history` writes CSV from the embedded simulator.
+//! The `tickgate` binary as a user runs it. Configuration errors exit with code 2 and name the
+//! value and the fix, and `history` writes CSV from the embedded simulator.
 
 use std::process::{Command, Output};
 

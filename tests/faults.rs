@@ -1,7 +1,7 @@
 //! The fault suite: every fault the simulator can inject, against a real session. Each test
-//! checks the states the machine passes through, that it reconnects, that every subscription is
-//! restored symbol for symbol, that ticks flow again, that the simulator never saw two
-//! concurrent sessions for the account, and that the driver task ends without a panic.
+//! checks the states the machine passes through and that it reconnects. It also checks that
+//! every subscription is restored symbol for symbol and ticks flow again, that the simulator
+//! never saw two concurrent sessions for the account, and that the driver ends without a panic.
 
 mod session_support;
 
@@ -241,8 +241,8 @@ async fn transient_subscribe_error_is_retried() {
 async fn already_subscribed_counts_as_success() {
     let (fixture, mut running) = restore_meets_subscribe_error("ALREADY_SUBSCRIBED").await;
 
-    // The simulator only answered with the error, so upstream it holds two of the three; the
-    // session treats the answer as confirmation and reports no failure.
+    // The simulator responded only with the error, so upstream it has two of the three. The
+    // session treats that response as confirmation and reports no failure.
     running
         .probe
         .wait_until("three confirmed", WAIT, |_| running.handle.status().borrow().upstream_subscriptions == 3)
@@ -353,8 +353,8 @@ async fn second_session_on_same_account_is_closed() {
     let mut first = start_streaming(&fixture, fixture.session_config()).await;
     let mark = first.probe.transitions.len();
 
-    // Another process opens a session for the same account; the simulator closes that duplicate
-    // after 300 ms, as cTrader was seen to, and it keeps retrying.
+    // Another process opens a session for the same account. The simulator closes that duplicate
+    // after 300 ms, as a third-party client reported cTrader doing, and the duplicate retries.
     let (second, second_task, mut second_probe) = spawn_session(fixture.session_config());
     second_probe.wait_state(Streaming).await;
     second_probe.wait_state(Backoff).await;
@@ -375,7 +375,7 @@ async fn second_session_on_same_account_is_closed() {
 }
 
 /// Refreshes the account's token from another connection, as a second process with the same
-/// refresh token would; the server then ends sessions opened with the old access token.
+/// refresh token would. The server then ends the sessions opened with the old access token.
 async fn refresh_token_elsewhere(fixture: &Fixture) {
     use futures_util::{SinkExt, StreamExt};
     use tickgate::protocol::{pb, FrameCodec, Message};

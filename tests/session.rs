@@ -142,8 +142,8 @@ async fn shutdown_unsubscribes_and_closes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_keep_idle_connection_open() {
-    // The simulator drops a client that sends nothing for 400 ms; heartbeats every 100 ms
-    // keep the connection, even with no subscription and so no other request.
+    // The simulator drops a client that sends nothing for 400 ms. Heartbeats every 100 ms keep
+    // the connection open, even with no subscription and so no other request.
     let fixture = Fixture::start(|sim| sim.idle_timeout = Duration::from_millis(400)).await;
     let (handle, task, mut probe) = spawn_session(fixture.session_config());
     probe.wait_state(StateName::Streaming).await;

@@ -2,7 +2,7 @@
 //!
 //! cTrader limits the time span of one `ProtoOAGetTrendbarsReq` by period and rejects a larger
 //! one with INCORRECT_BOUNDARIES, so the range is split into chunks of the allowed span. Within
-//! a chunk, `hasMore` means the server cut the answer; the request is repeated with
+//! a chunk, `hasMore` means the server cut the response; the request is repeated with
 //! `toTimestamp` moved back to the earliest bar received.
 
 use std::collections::BTreeMap;

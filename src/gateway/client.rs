@@ -156,8 +156,8 @@ impl Connection {
     }
 
     /// Writes `first` and whatever else is already queued, then flushes once. A client
-    /// subscribed to many symbols gets a burst of ticks at a time; one flush per burst instead
-    /// of one per frame saves a write call per tick and most of the gateway's CPU time.
+    /// subscribed to many symbols gets ticks in bursts, so one flush per burst instead of one
+    /// per frame saves a write call per tick and most of the gateway's CPU time.
     async fn write_queued(&mut self, first: Outbound) -> Result<(), Stop> {
         let mut pending_ticks = Vec::new();
         self.feed_outbound(first, &mut pending_ticks).await?;

@@ -30,7 +30,7 @@ impl<T> Correlator<T> {
         Self { prefix: prefix.into(), next_sequence: 0, pending: HashMap::new(), deadlines: BTreeSet::new() }
     }
 
-    /// Records a request that must be answered by `deadline` and returns its `clientMsgId`.
+    /// Records a request whose response is due by `deadline` and returns its `clientMsgId`.
     pub fn register(&mut self, context: T, deadline: u64) -> String {
         self.next_sequence += 1;
         let id = format!("{}-{}", self.prefix, self.next_sequence);
@@ -39,7 +39,7 @@ impl<T> Correlator<T> {
         id
     }
 
-    /// Removes and returns the request that `client_msg_id` answers, if it is still outstanding.
+    /// Removes and returns the request with this `client_msg_id`, if it is still outstanding.
     pub fn resolve(&mut self, client_msg_id: &str) -> Option<T> {
         let entry = self.pending.remove(client_msg_id)?;
         self.deadlines.remove(&(entry.deadline, client_msg_id.to_string()));

@@ -50,7 +50,7 @@ pub struct SessionConfig {
     pub ca_file: Option<PathBuf>,
     /// An extra trusted CA in PEM held in memory, such as an embedded simulator's.
     pub ca_pem: Option<String>,
-    /// Where the tokens came from: a `.env`-style file (only the token lines are rewritten) or a
+    /// The file the tokens came from: a `.env`-style file (only the token lines are rewritten) or a
     /// `.json` file. Refreshed tokens are written back there, and at start its tokens, when it
     /// has both, replace the configured ones because a refresh spends the old refresh token.
     pub token_file: Option<PathBuf>,

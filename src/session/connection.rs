@@ -119,8 +119,8 @@ mod tests {
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 
-    /// The server reads everything the client sends; a clean end (close_notify) reads as
-    /// `Ok(0)`, while a TCP close without close_notify is an `UnexpectedEof` error in rustls.
+    /// The server reads everything the client sends. In rustls a clean end (close_notify)
+    /// reads as `Ok(0)`, and a TCP close without close_notify is an `UnexpectedEof` error.
     #[tokio::test]
     async fn close_flushes_queue_then_sends_close_notify() {
         let pki = test_pki();

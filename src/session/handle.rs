@@ -1,7 +1,7 @@
 //! The boundary between the session driver and its users (the gateway, `tickgate stream`).
 //!
 //! Users send [`Command`]s and read two things back: a [`SessionEvent`] broadcast (ticks, status
-//! changes, transitions, subscription failures) and a [`SessionStatus`] watch that always holds
+//! changes, transitions, subscription failures) and a [`SessionStatus`] watch that always contains
 //! the latest snapshot. The driver owns the other ends, bundled in [`DriverEnds`].
 
 use std::sync::Arc;
@@ -54,7 +54,7 @@ pub struct SessionStatus {
     pub attempt: u32,
     /// Milliseconds until the next connect attempt, in Backoff.
     pub retry_in_ms: Option<u64>,
-    /// Why the machine entered this state, when there is a reason (an error, a fault, a stop).
+    /// The reason the machine entered this state, when there is one (an error, a fault, a stop).
     pub reason: Option<String>,
     /// Normalised symbol names from the last symbol list; empty before the first one.
     pub available_symbols: Arc<[String]>,
@@ -114,7 +114,7 @@ pub struct SessionStopped;
 
 impl SessionHandle {
     /// Creates a connected handle and driver ends. `event_capacity` bounds the event broadcast:
-    /// a receiver that falls further behind loses the oldest events and is told how many.
+    /// a receiver that falls further behind loses the oldest events and receives the number it missed.
     pub fn channel(event_capacity: usize) -> (SessionHandle, DriverEnds) {
         let (command_tx, command_rx) = mpsc::channel(COMMAND_CAPACITY);
         let (event_tx, _) = broadcast::channel(event_capacity);

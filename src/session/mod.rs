@@ -1,7 +1,7 @@
 //! The async driver that runs the connection machine against a real TLS socket and real timers.
 //!
-//! [`spawn`] starts the driver and returns a [`SessionHandle`]; everything else here is a piece
-//! the driver uses: [`transport`] (TCP and TLS), [`symbols`] (names and details), [`spot`]
+//! [`driver::prepare`] checks a configuration and [`spawn`] starts a driver that returns a
+//! [`SessionHandle`]. Everything else here is a piece the driver uses: [`transport`] (TCP and TLS), [`symbols`] (names and details), [`spot`]
 //! (merging one-sided spot events), [`subscriptions`] (desired and upstream sets, paced restore),
 //! [`tokens`] (persisting refreshed tokens) and [`journal`].
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::protocol::{Price, Tick};
 
-/// Why a spot event produced no tick.
+/// The reason a spot event produced no tick.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NoTick {
     /// The event carried no price (for example only live trendbars).

@@ -1,5 +1,5 @@
-//! What users want to receive and what cTrader has confirmed, plus the paced request queue that
-//! brings the two together after every (re)connect.
+//! The desired set (symbols users want), the upstream set (symbols cTrader confirmed), and the
+//! paced request queue that brings the two together after every (re)connect.
 //!
 //! The desired set survives disconnects: a subscribe or unsubscribe while disconnected changes it
 //! in order and is applied on the next connect, so nothing requested is lost. The upstream set is
@@ -170,7 +170,7 @@ impl RequestQueue {
         Some(job)
     }
 
-    /// Marks one in-flight job of this kind as answered (or timed out).
+    /// Marks one in-flight job of this kind as done: its response arrived or it timed out.
     pub fn finish(&mut self, job: &Job) {
         self.in_flight = self.in_flight.saturating_sub(1);
         if matches!(job, Job::Details(_)) {

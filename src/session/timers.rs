@@ -1,9 +1,9 @@
 //! The driver's clock and its table of armed state machine timers.
 //!
 //! The state machine works in Unix milliseconds and never reads a clock. The driver derives
-//! those milliseconds from a monotonic [`Instant`], anchored once to the wall clock, so a wall
-//! clock step cannot fire or postpone a timer, and any deadline converts back to an [`Instant`]
-//! for the one sleep the driver keeps.
+//! those milliseconds from a monotonic [`Instant`] anchored once to the wall clock, so a wall
+//! clock step cannot fire or postpone a timer. Any deadline converts back to an [`Instant`] for
+//! the one sleep the driver keeps.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -28,7 +28,7 @@ impl fmt::Debug for Tokens {
     }
 }
 
-/// Where the tokens were read from, and so where refreshed tokens are written.
+/// The file the tokens were read from, which also receives refreshed tokens.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TokenFile {
     /// A `.env` file: only the `CTRADER_ACCESS_TOKEN` and `CTRADER_REFRESH_TOKEN` lines change.

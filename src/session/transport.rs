@@ -2,8 +2,8 @@
 //!
 //! Every socket gets `TCP_NODELAY` (frames are small and latency matters more than packet count)
 //! and TCP keepalive, so a peer that vanished without a FIN is noticed by the kernel even when the
-//! application-level liveness check is slow. TLS always verifies the server certificate, against
-//! the Mozilla roots from `webpki-roots` plus an optional extra CA file; there is no switch that
+//! application-level liveness check is slow. TLS always verifies the server certificate against
+//! the Mozilla roots from `webpki-roots` plus an optional extra CA file. There is no switch that
 //! turns verification off.
 
 use std::io::{self, BufReader};
@@ -39,7 +39,7 @@ pub const KEEPALIVE_PROBES: u32 = 3;
 /// A TLS stream to the Open API.
 pub type Stream = TlsStream<TcpStream>;
 
-/// Why a connection could not be established.
+/// The reason a connection could not be established.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     /// The cause is part of the message, not a `source`, so that error chains print it once.
